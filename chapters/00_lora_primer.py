@@ -251,7 +251,3 @@ lb.claim("train='B' moves only B (A frozen random)", moved["B"]["B"] and not mov
 # * **Chapter 2** {cite}`jang2024lora` asks whether gradient descent on $(A, B)$ *finds* the best update, using the
 #   nuclear-norm identity above.
 # * **Chapter 3** {cite}`kratsios2025sharp` asks how well the trained $A$ (with $B$ frozen random) *generalises*.
-#
-# ```{bibliography}
-# :filter: docname in docnames
-# ```

@@ -1,0 +1,48 @@
+"""The notebook machinery itself: scripts and notebooks are paired, and nbval fails on a false claim."""
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import notebooks  # noqa: E402
+
+
+def test_every_chapter_script_is_paired():
+    assert notebooks.scripts(), "no chapter scripts found"
+    problems = notebooks.mismatches()
+    assert not problems, "\n".join(problems)
+
+
+def _notebook(tmp_path: Path, condition: str, stored: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(f'# NBVAL_CHECK_OUTPUT\nimport lorabook as lb\nlb.claim("the claim", {condition})')
+    cell.execution_count = 1
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
+    nb.cells = [cell]
+    path = tmp_path / "claim.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _nbval(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", str(path)],
+        capture_output=True, text=True, cwd=path.parent, timeout=300,
+    )
+
+
+@pytest.mark.parametrize("condition, stored, ok", [
+    ("1 + 1 == 2", "✓ the claim\n", True),      # a true claim passes
+    ("1 + 1 == 3", "✓ the claim\n", False),     # a false claim fails the run
+    ("1 + 1 == 2", "✓ another claim\n", False),  # a changed verdict fails the run
+])
+def test_nbval_verdicts(tmp_path, condition, stored, ok):
+    result = _nbval(_notebook(tmp_path, condition, stored))
+    assert (result.returncode == 0) == ok, result.stdout[-2000:]
+    if not ok and "1 + 1 == 3" in condition:
+        assert "✗ the claim" in result.stdout

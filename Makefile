@@ -9,7 +9,6 @@ BIN := $(CURDIR)/$(VENV)/bin
 # the notebook kernel ("python3") is whatever `python` is first on PATH: make it the venv's
 export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -55,7 +54,7 @@ notebooks: env
 	$(BIN)/python tools/notebooks.py build
 
 bench: env
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/book.py --stages --scale quick default
 
 clean:
 	rm -rf _build .cache

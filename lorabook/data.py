@@ -131,7 +131,7 @@ def hidden_before_layer(texts: list[str], layer: int, *, max_length: int = 64, b
     ``(hidden, mask)``: ``(n, max_length, 384)`` float32 states, padded to ``max_length``, and the ``(n, max_length)``
     0/1 padding mask.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     tok, model = load_minilm()
     n_layers = len(model.encoder.layer)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import joblib
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .config import cache_dir
 

@@ -26,18 +26,16 @@
 #
 # ## Notation
 #
+# The symbols every chapter uses (the {ref}`notation page <notation>` lists all of them):
+#
 # | symbol | meaning |
 # |---|---|
 # | $W_0$, $W_l$ | frozen (pretrained) weight; $W_l$ of layer $l$, applied in the order $W_1$ first |
 # | $\Delta W = BA$ | LoRA update of rank $\le r$; $B$ is $d_\text{out}\times r$, $A$ is $r\times d_\text{in}$ |
-# | $\bar W$, $\bar f$ | target weight / target model (chapter 1) |
 # | $\LR_r(M)$ | best rank-$r$ approximation of $M$ (truncated SVD, {cite}`eckart1936approximation`) |
 # | $\sigma_i(M)$ | $i$-th largest singular value; $\sigma_i = 0$ for $i > \rank M$ |
 # | $\norm{M}_*$, $\norm{M}_F$, $\norm{M}_2$ | nuclear ($\sum_i\sigma_i$), Frobenius, spectral norm |
-# | $N$, $K$ | number of fine-tuning samples, output dimension (chapter 2) |
-# | $\lambda$ | weight decay / nuclear-norm strength |
-# | $q$ | number of trainable parameters (chapter 3) |
-# | $D$, $L$ | width and depth of a network (chapter 1) |
+# | $N$, $K$, $\lambda$ | fine-tuning samples, output dimension, weight decay |
 #
 # In code, `lorabook.LoRALinear` is this object; `lorabook.get_scale()` sets the sizes of every experiment.
 

@@ -40,13 +40,15 @@ book: env
 	@echo "== book built: open _build/html/index.html =="
 
 unit: env
-	$(BIN)/python -m pytest -q tests/
+	$(BIN)/python -m pytest -q -n auto tests/
 
 pairing: env
 	$(BIN)/python tools/notebooks.py check
 
 nbval: env
-	LORABOOK_SCALE=quick LORABOOK_CACHE=off $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env chapters/
+	# one notebook per worker (loadfile keeps a notebook's cells in one kernel), one thread per kernel
+	LORABOOK_SCALE=quick LORABOOK_CACHE=off OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		-n auto --dist loadfile --nbval-lax --nbval-current-env chapters/
 
 test: unit pairing nbval
 

@@ -46,3 +46,17 @@ def test_nbval_verdicts(tmp_path, condition, stored, ok):
     assert (result.returncode == 0) == ok, result.stdout[-2000:]
     if not ok and "1 + 1 == 3" in condition:
         assert "✗ the claim" in result.stdout
+
+
+def test_intro_reading_guide_checks_pass(capsys):
+    """intro.md is a MyST notebook executed by the book; run its code cells (and their claims) here too."""
+    import jupytext
+    import matplotlib
+
+    matplotlib.use("Agg")
+    nb = jupytext.read(ROOT / "intro.md")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "lb.claim(" in code
+    exec(compile(code, "intro.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.count("✓") == 3, out

@@ -7,6 +7,15 @@ import torch
 torch.set_default_dtype(torch.float64)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Unit tests run tiny tensor programs: one intra-op thread (as `make unit` sets OMP_NUM_THREADS=1)."""
+    from lorabook.config import few_threads
+
+    with few_threads():
+        yield
+
+
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)

@@ -76,3 +76,18 @@ def test_cache_dir(monkeypatch, tmp_path):
 def test_describe_mentions_scale_and_device(clean_scale_env):
     text = lb.describe()
     assert "scale=default" in text and "device=" in text
+
+
+def test_few_threads_restores_and_skips_large_or_gpu_programs():
+    saved = torch.get_num_threads()
+    with config.few_threads(10):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == saved
+    torch.set_num_threads(2)
+    try:
+        with config.few_threads(1 << 30):
+            assert torch.get_num_threads() == 2
+        with config.few_threads(10, "cuda"):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

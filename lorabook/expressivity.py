@@ -1,0 +1,811 @@
+"""Chapter 1 — the expressive power of LoRA (Zeng & Lee, ICLR 2024): constructions, bounds, batched training.
+
+Conventions: layer matrices are listed in application order ``[W_1, …, W_L]`` (``W_1`` acts first), inputs
+are rows, ``x`` has shape ``(..., n, D)`` and a layer maps ``x ↦ x W^T + b``. The FNN of the paper puts a
+ReLU after *every* layer, the last included. Constructions are exact linear algebra: use float64.
+
+Public API
+----------
+* :func:`lemma1_error` — ``σ_{RL+1}(E)``, the optimum of Lemma 1.
+* :func:`linear_construction` — the adapters of the proof of Lemma 1.
+* :func:`random_linear_instance` — a frozen product and a target with ``rank E`` prescribed.
+* :func:`fnn_forward`, :func:`uniform_partition`, :func:`fnn_construction` — ReLU FNNs (Lemma 2, Theorem 5).
+* :func:`relu_bounds`, :func:`partition_bound` — the error bounds, in the paper's form and corrected.
+* :func:`tfn_forward`, :func:`tfn_construction` — the Transformer network and its rank-⌈D/2⌉ construction.
+* :func:`train_fnn_adapters`, :func:`adapter_mse` — LoRA / final-layer tuning by Adam, batched over a grid.
+* :func:`random_fnn_instance`, :func:`grid_configs`, :func:`fnn_grid_experiment`, :func:`cached_grid` — the chapter's
+  gradient experiment (instances, grid, validation selection, fresh and shifted test sets, cache).
+* :func:`random_tfn_instance`, :func:`train_tfn_lora`, :func:`tfn_mse` — gradient LoRA on Transformer networks.
+* :func:`uniform_inputs` — inputs uniform on a cube, drawn on the CPU.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .linalg import chain_product, check_matrix, check_rank, numerical_rank
+from .train import batched_adam
+
+_COND_MAX = 1e12
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation helpers
+def _check_layers(mats: Sequence[torch.Tensor], name: str, D: int | None = None) -> int:
+    if isinstance(mats, torch.Tensor) or not isinstance(mats, (list, tuple)) or len(mats) == 0:
+        raise ValueError(f"{name} must be a non-empty list of (D, D) matrices")
+    for l, W in enumerate(mats, start=1):
+        check_matrix(W, f"{name}[{l}]", square=True)
+        D = W.shape[0] if D is None else D
+        if W.shape != (D, D):
+            raise ValueError(f"{name}[{l}] has shape {tuple(W.shape)}, expected ({D}, {D})")
+    return D
+
+
+def _check_vectors(vecs: Sequence[torch.Tensor], name: str, n: int, D: int) -> None:
+    if isinstance(vecs, torch.Tensor) or not isinstance(vecs, (list, tuple)) or len(vecs) != n:
+        raise ValueError(f"{name} must be a list of {n} bias vectors of length {D}")
+    for l, b in enumerate(vecs, start=1):
+        if not isinstance(b, torch.Tensor) or b.shape != (D,) or not b.is_floating_point():
+            raise ValueError(f"{name}[{l}] must be a floating tensor of shape ({D},)")
+        if not torch.isfinite(b).all():
+            raise ValueError(f"{name}[{l}] contains NaN or infinite entries")
+
+
+def _check_nonsingular(W: torch.Tensor, what: str) -> None:
+    cond = torch.linalg.cond(W).item()
+    if not math.isfinite(cond) or cond > _COND_MAX:
+        raise ValueError(f"{what} is singular (condition number {cond:.3g}): Lemma 1 assumes it is non-singular")
+
+
+def _positive(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lemma 1: linear models
+def lemma1_error(E: torch.Tensor, rank: int, n_layers: int) -> float:
+    """The optimum of Lemma 1, ``σ_{RL+1}(E)`` (0 when ``RL ≥ D``).
+
+    Parameters
+    ----------
+    E : (D, D) error matrix ``W̄ − W_L⋯W_1``.
+    rank : LoRA rank ``R`` in ``[1, D]``.
+    n_layers : number of adapted layers ``L ≥ 1``.
+    """
+    check_matrix(E, "E", square=True)
+    check_rank(rank, E.shape[0], "rank")
+    check_rank(n_layers, 10**9, "n_layers")
+    s = torch.linalg.svdvals(E)
+    k = rank * n_layers
+    return float(s[k]) if k < s.numel() else 0.0
+
+
+def linear_construction(target: torch.Tensor, frozen: Sequence[torch.Tensor], rank: int, *,
+                        rtol: float = 1e-10) -> list[torch.Tensor]:
+    """Adapters ``[ΔW_1, …, ΔW_L]`` of rank ≤ ``rank`` from the proof of Lemma 1 (Zeng & Lee).
+
+    With ``E = W̄ − W_L⋯W_1 = U S Vᵀ``, ``R' = min(RL, rank E)``, ``E' = LR_{R'}(E)`` and
+    ``Q_l = V_{(R(l−1), Rl] ∩ [1, R']} V_{…}ᵀ`` (consecutive blocks of right singular vectors), the adapters
+    ``ΔW_l = (W_L⋯W_{l+1})^{-1} E' Q_l ((W_{l−1}+ΔW_{l−1})⋯(W_1+ΔW_1))^{-1}`` are built for ``l = 1..L`` in
+    order. Then ``∏(W_l + ΔW_l) = ∏ W_l + E'`` and ``‖∏(W_l+ΔW_l) − W̄‖_2 = σ_{RL+1}(E)``.
+
+    Parameters
+    ----------
+    target : (D, D) target ``W̄``.
+    frozen : list of ``L`` (D, D) frozen matrices ``[W_1, …, W_L]`` (``W_1`` applied first).
+    rank : LoRA rank ``R`` in ``[1, D]``.
+    rtol : relative tolerance of the numerical rank of ``E``.
+
+    Returns
+    -------
+    list of ``L`` (D, D) tensors, each of rank ≤ ``rank``.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, rank out of range, NaN, a singular frozen ``W_l`` or a singular ``∏W_l + LR_r(E)`` met
+        during the construction (the lemma's assumptions).
+    """
+    D = _check_layers(list(frozen), "frozen")
+    check_matrix(target, "target", square=True)
+    if target.shape != (D, D):
+        raise ValueError(f"target has shape {tuple(target.shape)} but the frozen layers are ({D}, {D})")
+    check_rank(rank, D, "rank")
+    frozen = list(frozen)
+    L = len(frozen)
+    for l, W in enumerate(frozen, start=1):
+        _check_nonsingular(W, f"frozen W_{l}")
+    E = target - chain_product(frozen)
+    U, S, Vh = torch.linalg.svd(E)
+    r_E = numerical_rank(E, rtol) if S[0] > 0 else 0
+    r_prime = min(rank * L, r_E)
+    deltas: list[torch.Tensor] = []
+    right = torch.eye(D, dtype=E.dtype, device=E.device)           # (W_{l-1}+ΔW_{l-1})⋯(W_1+ΔW_1)
+    for l in range(1, L + 1):
+        lo, hi = min(rank * (l - 1), r_prime), min(rank * l, r_prime)
+        EQ = (U[:, lo:hi] * S[lo:hi]) @ Vh[lo:hi]                  # E' Q_l
+        M = EQ
+        if l < L:
+            M = torch.linalg.solve(chain_product(frozen[l:]), M)     # (W_L⋯W_{l+1})^{-1} E' Q_l
+        M = torch.linalg.solve(right.T, M.T).T                       # … (right)^{-1}
+        deltas.append(M)
+        if l < L:
+            _check_nonsingular(frozen[l - 1] + M, f"∏W + LR_{hi}(E) (met as W_{l} + ΔW_{l})")
+        right = (frozen[l - 1] + M) @ right
+    return deltas
+
+
+def random_linear_instance(D: int, n_layers: int, rank_E: int, generator: torch.Generator, *,
+                           dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A random frozen model and a target whose error matrix has rank ``rank_E`` exactly.
+
+    Frozen ``W_l = I + G_l / (2√D)`` (well conditioned, non-singular); ``W̄ = ∏ W_l + P Qᵀ/√D`` with Gaussian
+    ``P, Q ∈ R^{D×rank_E}``. Returns ``(target (D, D), [W_1, …, W_L])``, drawn on the CPU from ``generator``.
+    """
+    check_rank(D, 10**6, "D")
+    check_rank(n_layers, 10**6, "n_layers")
+    check_rank(rank_E, D, "rank_E", allow_zero=True)
+    frozen = [torch.eye(D, dtype=dtype) + torch.randn(D, D, generator=generator, dtype=dtype) / (2 * math.sqrt(D))
+              for _ in range(n_layers)]
+    P = torch.randn(D, rank_E, generator=generator, dtype=dtype)
+    Q = torch.randn(D, rank_E, generator=generator, dtype=dtype)
+    return chain_product(frozen) + P @ Q.T / math.sqrt(D), frozen
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ReLU FNNs: Lemma 2 and the partition theorem
+def fnn_forward(x: torch.Tensor, weights: Sequence[torch.Tensor] | torch.Tensor,
+                biases: Sequence[torch.Tensor] | torch.Tensor, *, relu: bool = True) -> torch.Tensor:
+    """The paper's FNN ``z_l = ReLU(W_l z_{l−1} + b_l)`` (ReLU after every layer, the last included).
+
+    Parameters
+    ----------
+    x : (..., n, D) inputs as rows.
+    weights : list of ``L`` tensors (..., D, D), or one tensor (..., L, D, D); leading dims broadcast with ``x``.
+    biases : list of ``L`` tensors (..., D), or one tensor (..., L, D).
+    relu : ``False`` gives the linear network (no activation).
+
+    Returns
+    -------
+    (..., n, D) outputs.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not x.is_floating_point():
+        raise ValueError("x must be a floating tensor of shape (..., n, D)")
+    if isinstance(weights, torch.Tensor):
+        weights = list(weights.unbind(-3))
+    if isinstance(biases, torch.Tensor):
+        biases = list(biases.unbind(-2))
+    if len(weights) == 0 or len(weights) != len(biases):
+        raise ValueError(f"need as many biases as weights (and at least one), got {len(weights)} and {len(biases)}")
+    D = x.shape[-1]
+    h = x
+    for l, (W, b) in enumerate(zip(weights, biases), start=1):
+        if W.shape[-2:] != (D, D) or b.shape[-1] != D:
+            raise ValueError(f"layer {l}: weight {tuple(W.shape)} / bias {tuple(b.shape)} do not match D={D}")
+        h = h @ W.transpose(-1, -2) + b.unsqueeze(-2)
+        if relu:
+            h = torch.relu(h)
+    if not torch.isfinite(h).all():
+        raise ValueError("fnn_forward produced NaN or infinite values (check the inputs and weights)")
+    return h
+
+
+def _fnn_fast(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
+    """:func:`fnn_forward` without validation, for training loops: W (..., L, D, D), b (..., L, D)."""
+    h = x
+    for l in range(W.shape[-3]):
+        h = h @ W[..., l, :, :].transpose(-1, -2) + b[..., l, None, :]
+        if relu:
+            h = torch.relu(h)
+    return h
+
+
+def uniform_partition(n_layers: int, n_target: int) -> list[list[int]]:
+    """The paper's uniform partition ``P^u`` of layers ``0..L−1`` (0-based) into ``L̄`` consecutive groups.
+
+    Groups have ``M = ⌊L/L̄⌋`` layers; the last group also takes the remainder. Needs ``1 ≤ L̄ ≤ L``.
+    """
+    check_rank(n_target, 10**6, "n_target")
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < n_target:
+        raise ValueError(f"the frozen model needs at least L̄={n_target} layers, got L={n_layers!r}")
+    M = n_layers // n_target
+    groups = [list(range(i * M, (i + 1) * M)) for i in range(n_target)]
+    groups[-1] = list(range((n_target - 1) * M, n_layers))
+    return groups
+
+
+def fnn_construction(target_weights: Sequence[torch.Tensor], target_biases: Sequence[torch.Tensor],
+                     frozen_weights: Sequence[torch.Tensor], rank: int, input_radius: float, *,
+                     margin: float = 1.0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """LoRA adapters and biases that make a frozen L-layer ReLU FNN match an L̄-layer ReLU target.
+
+    Lemma 2 (``L̄ = 1``) and the partition theorem: the frozen layers are split by :func:`uniform_partition`;
+    in group ``i`` the weights get the adapters of :func:`linear_construction` for ``W̄_i`` (so the group's
+    product is ``Ŵ_i = ∏_{P_i}W + LR_{R|P_i|}(W̄_i − ∏_{P_i}W)``). Every layer of a group but its last gets the
+    bias ``b̂_l[k] = ‖(W_l+ΔW_l)[k,:]‖_2 ρ_{l−1} + margin``, where ``ρ`` bounds ``‖z‖_2`` over the whole input
+    set, so that all its ReLUs are active (pre-activation ≥ ``margin``) for *every* input with
+    ``‖x‖_2 ≤ input_radius``; the group becomes affine, and its last bias cancels the shifts and adds the
+    target bias, giving exactly ``ReLU(Ŵ_i z + b̄_i)``. The input bound of the next group is
+    ``‖Ŵ_i‖_2 ρ + ‖b̄_i‖_2`` (ReLU is 1-Lipschitz and ReLU(0) = 0).
+
+    Parameters
+    ----------
+    target_weights, target_biases : ``L̄`` matrices (D, D) and vectors (D,).
+    frozen_weights : ``L ≥ L̄`` matrices (D, D); the frozen biases play no role (all biases are replaced).
+    rank : LoRA rank ``R`` in ``[1, D]``.
+    input_radius : the bounded input set is ``{‖x‖_2 ≤ input_radius}``.
+    margin : smallest pre-activation of a linearised ReLU on that set (> 0).
+
+    Returns
+    -------
+    ``(deltas, biases)``: lists of ``L`` tensors (D, D) of rank ≤ ``rank`` and ``L`` bias vectors (D,).
+    """
+    Lbar = len(target_weights) if isinstance(target_weights, (list, tuple)) else 0
+    D = _check_layers(list(target_weights), "target_weights")
+    _check_vectors(list(target_biases), "target_biases", Lbar, D)
+    _check_layers(list(frozen_weights), "frozen_weights", D)
+    rho = _positive(input_radius, "input_radius")
+    margin = _positive(margin, "margin")
+    groups = uniform_partition(len(frozen_weights), Lbar)
+    deltas: list[torch.Tensor] = []
+    biases: list[torch.Tensor] = []
+    for i, group in enumerate(groups):
+        Ws = [frozen_weights[l] for l in group]
+        dW = linear_construction(target_weights[i], Ws, rank)
+        shift = torch.zeros(D, dtype=Ws[0].dtype, device=Ws[0].device)   # bias accumulated so far in the group
+        r = rho
+        for j, (W, d) in enumerate(zip(Ws, dW)):
+            A = W + d
+            if j < len(Ws) - 1:
+                b = A.norm(dim=1) * r + margin
+                shift = A @ shift + b
+                r = torch.linalg.matrix_norm(A, 2).item() * r + b.norm().item()
+            else:
+                b = target_biases[i] - A @ shift
+            deltas.append(d)
+            biases.append(b)
+        W_hat = chain_product([W + d for W, d in zip(Ws, dW)])
+        rho = torch.linalg.matrix_norm(W_hat, 2).item() * rho + target_biases[i].norm().item()
+    return deltas, biases
+
+
+def relu_bounds(E: torch.Tensor, rank: int, n_layers: int, Sigma: torch.Tensor) -> dict[str, float]:
+    """The expected-squared-error bound of Lemma 2, as stated and corrected.
+
+    ``paper = ‖Σ‖_F σ²_{RL∧R_E+1}(E)`` (the statement) and ``corrected = tr(Σ) σ²_{RL∧R_E+1}(E)`` (what the
+    proof's step ``E‖Ax‖² ≤ ‖A‖²_2 E‖x‖²`` gives, since ``E‖x‖² = tr Σ ≥ ‖Σ‖_F``).
+
+    Parameters
+    ----------
+    E : (D, D) error matrix; rank : R in [1, D]; n_layers : L ≥ 1; Sigma : (D, D) PSD second moment ``E[x xᵀ]``.
+    """
+    check_matrix(Sigma, "Sigma", square=True)
+    if Sigma.shape != E.shape:
+        raise ValueError(f"Sigma has shape {tuple(Sigma.shape)}, E has {tuple(E.shape)}")
+    if torch.linalg.eigvalsh((Sigma + Sigma.T) / 2).min() < -1e-10 * Sigma.abs().max():
+        raise ValueError("Sigma must be positive semi-definite (a second-moment matrix)")
+    s2 = lemma1_error(E, rank, n_layers) ** 2
+    return {"paper": float(torch.linalg.matrix_norm(Sigma)) * s2, "corrected": float(torch.trace(Sigma)) * s2}
+
+
+def partition_bound(target_weights: Sequence[torch.Tensor], target_biases: Sequence[torch.Tensor],
+                    frozen_weights: Sequence[torch.Tensor], rank: int, Sigma: torch.Tensor) -> dict[str, float]:
+    """The bound ``β Σ_i α^{L̄−i} E_i`` of the partition theorem on ``E‖f(x) − f̄(x)‖_2``.
+
+    ``E_i = σ_{RM_i+1}(W̄_i − ∏_{P_i}W)`` with ``M_i = |P_i|``. Two versions:
+
+    * ``paper``: ``β = max_i(√‖Σ‖_F ∏_{j≤i}‖W̄_j‖_F + Σ_{j≤i} ∏_{j<k<i}‖W̄_k‖_F ‖b̄_j‖) ∨ √‖Σ‖_F`` and
+      ``α = max_k ‖W̄_k‖_F + max_i E_i``, as stated;
+    * ``corrected``: ``√tr Σ`` in place of ``√‖Σ‖_F`` (``E‖x‖ ≤ √tr Σ``), the bound on ``E‖z̄_{i−1}‖`` that the
+      proof derives (products over ``j < i``) and ``α = max_k(‖W̄_k‖_F + ‖W̄_k − ∏W − LR(…)‖_F)``, which is what
+      bounds ``‖Ŵ_k‖_F`` (the slides' step to ``E_k`` drops the Frobenius tail).
+
+    Returns ``{"paper": float, "corrected": float, "E": list of E_i}``.
+    """
+    Lbar = len(target_weights) if isinstance(target_weights, (list, tuple)) else 0
+    D = _check_layers(list(target_weights), "target_weights")
+    _check_vectors(list(target_biases), "target_biases", Lbar, D)
+    _check_layers(list(frozen_weights), "frozen_weights", D)
+    check_rank(rank, D, "rank")
+    check_matrix(Sigma, "Sigma", square=True)
+    groups = uniform_partition(len(frozen_weights), Lbar)
+    Es, tails, nW, nb = [], [], [], []
+    for i, g in enumerate(groups):
+        Ei = target_weights[i] - chain_product([frozen_weights[l] for l in g])
+        s = torch.linalg.svdvals(Ei)
+        k = rank * len(g)
+        Es.append(float(s[k]) if k < D else 0.0)
+        tails.append(float(s[k:].square().sum().sqrt()) if k < D else 0.0)
+        nW.append(float(torch.linalg.matrix_norm(target_weights[i])))
+        nb.append(float(target_biases[i].norm()))
+
+    def beta(ex: float, upto_inclusive: bool) -> float:
+        best = ex
+        for i in range(Lbar):
+            top = i + 1 if upto_inclusive else i          # number of target layers before z_i
+            val = ex * math.prod(nW[:top]) + sum(math.prod(nW[j + 1:top]) * nb[j] for j in range(top))
+            best = max(best, val)
+        return best
+
+    sq_f, sq_t = math.sqrt(float(torch.linalg.matrix_norm(Sigma))), math.sqrt(float(torch.trace(Sigma)))
+    a_paper = max(nW) + max(Es)
+    a_corr = max(w + t for w, t in zip(nW, tails))
+    paper = beta(sq_f, True) * sum(a_paper ** (Lbar - 1 - i) * Es[i] for i in range(Lbar))
+    corrected = beta(sq_t, False) * sum(a_corr ** (Lbar - 1 - i) * Es[i] for i in range(Lbar))
+    return {"paper": paper, "corrected": corrected, "E": Es}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transformer networks
+TFN_KEYS = ("Q", "K", "V", "O", "W1", "b1", "W2", "b2")
+
+
+def _check_tfn(layers: Sequence[dict], name: str) -> tuple[int, int]:
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"{name} must be a non-empty list of layer dicts with keys {TFN_KEYS}")
+    H, D = None, None
+    for l, layer in enumerate(layers, start=1):
+        missing = [k for k in TFN_KEYS if k not in layer]
+        if missing:
+            raise ValueError(f"{name}[{l}] lacks keys {missing}")
+        for k in ("Q", "K", "V", "O"):
+            T = layer[k]
+            if not isinstance(T, torch.Tensor) or T.dim() != 3 or T.shape[1] != T.shape[2]:
+                raise ValueError(f"{name}[{l}]['{k}'] must have shape (H, D, D)")
+            H, D = (T.shape[0], T.shape[1]) if H is None else (H, D)
+            if T.shape != (H, D, D) or not torch.isfinite(T).all():
+                raise ValueError(f"{name}[{l}]['{k}'] must be finite with shape ({H}, {D}, {D})")
+    return H, D
+
+
+def tfn_forward(X: torch.Tensor, layers: Sequence[dict]) -> torch.Tensor:
+    """A Transformer network as in Zeng & Lee: per layer, multi-head attention then a ReLU feed-forward block.
+
+    ``Attn(Z) = Σ_h Z W_V^hᵀ W_O^hᵀ``-weighted by ``softmax_rows(Z W_Q^hᵀ W_K^h Zᵀ)`` (scores depend on the
+    weights only through ``W_K^hᵀ W_Q^h``, values through ``W_O^h W_V^h``), then
+    ``Z ← ReLU(Attn W1ᵀ + b1) W2ᵀ + b2``. No residual connection or normalisation (as in the paper's TFN).
+
+    Parameters
+    ----------
+    X : (..., N, D) tokens as rows.
+    layers : list of dicts with ``Q, K, V, O`` of shape (H, D, D) (may carry extra leading batch dims in
+        front of H only if ``X`` does too), and ``W1, W2`` (D, D), ``b1, b2`` (D,).
+
+    Returns
+    -------
+    (..., N, D).
+    """
+    if not isinstance(X, torch.Tensor) or X.dim() < 2 or not X.is_floating_point():
+        raise ValueError("X must be a floating tensor of shape (..., N, D)")
+    Z = X
+    for layer in layers:
+        Zh = Z.unsqueeze(-3)                                                  # (..., 1, N, D)
+        q = Zh @ layer["Q"].transpose(-1, -2)
+        k = Zh @ layer["K"].transpose(-1, -2)
+        v = Zh @ layer["V"].transpose(-1, -2) @ layer["O"].transpose(-1, -2)
+        att = torch.softmax(q @ k.transpose(-1, -2), dim=-1)                  # (..., H, N, N)
+        A = (att @ v).sum(-3)
+        Z = torch.relu(A @ layer["W1"].transpose(-1, -2) + layer["b1"]) @ layer["W2"].transpose(-1, -2) + layer["b2"]
+    return Z
+
+
+def tfn_construction(target: Sequence[dict], frozen: Sequence[dict], rank: int) -> list[dict]:
+    """Rank-``rank`` adapters on ``W_Q, W_K, W_V, W_O`` of every head that match the target's attention pairs.
+
+    For each layer and head, :func:`linear_construction` with ``L = 2`` matches the products
+    ``W_Kᵀ W_Q`` (frozen list ``[W_Q, W_Kᵀ]``) and ``W_O W_V`` (``[W_V, W_O]``) to the target's; the error of
+    each product is ``σ_{2R+1}`` of its difference, hence zero once ``R ≥ ⌈D/2⌉``. The feed-forward blocks
+    must be equal in target and frozen model (our simplification; the paper also adapts them).
+
+    Returns the adapted layers (same dict format) with the extra keys ``dQ, dK, dV, dO``.
+    """
+    H, D = _check_tfn(target, "target")
+    H2, D2 = _check_tfn(frozen, "frozen")
+    if (H, D, len(target)) != (H2, D2, len(frozen)):
+        raise ValueError("target and frozen TFN must have the same depth, heads and width")
+    check_rank(rank, D, "rank")
+    for l, (t, f) in enumerate(zip(target, frozen), start=1):
+        for k in ("W1", "b1", "W2", "b2"):
+            if not torch.equal(t[k], f[k]):
+                raise ValueError(f"layer {l}: feed-forward weight {k} differs; tfn_construction adapts attention only")
+    out = []
+    for t, f in zip(target, frozen):
+        new = dict(f)
+        dQ, dK, dV, dO = [], [], [], []
+        for h in range(H):
+            d1, d2 = linear_construction(t["K"][h].T @ t["Q"][h], [f["Q"][h], f["K"][h].T], rank)
+            dQ.append(d1)
+            dK.append(d2.T)
+            d3, d4 = linear_construction(t["O"][h] @ t["V"][h], [f["V"][h], f["O"][h]], rank)
+            dV.append(d3)
+            dO.append(d4)
+        for key, d in (("Q", dQ), ("K", dK), ("V", dV), ("O", dO)):
+            new["d" + key] = torch.stack(d)
+            new[key] = f[key] + new["d" + key]
+        out.append(new)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gradient training, batched over a grid
+def uniform_inputs(shape: Sequence[int], generator: torch.Generator, *, low: float = -1.0, high: float = 1.0,
+                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Inputs uniform on the cube ``[low, high]^D``, drawn on the CPU from ``generator`` and moved to ``device``."""
+    if not high > low:
+        raise ValueError(f"need high > low, got [{low}, {high}]")
+    u = torch.rand(tuple(shape), generator=generator, dtype=torch.float64)
+    return (low + (high - low) * u).to(dtype=dtype, device=device)
+
+
+def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
+                       target_b: torch.Tensor, configs: Sequence[dict], *, steps: int, batch: int,
+                       generator: torch.Generator, relu: bool = True, low: float = -1.0, high: float = 1.0,
+                       progress: bool | str = False, dtype: torch.dtype = torch.float32,
+                       device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Train adapters of a frozen FNN toward a target FNN by Adam, every (seed, config) in one batched program.
+
+    Each config is a dict ``{"rank": R ≥ 0, "final": k ≥ 0, "bias": "all"|"none"|"final", "lr": η, "wd": λ}``:
+    LoRA ``ΔW_l = B_l A_l`` of rank ``R`` on every layer (``R = 0``: none), full tuning of the last ``k`` layers'
+    weights, and trainable biases on all layers, none, or the last ``k``. Weight decay ``λ/2 ‖θ‖²`` applies to the
+    adapter weights (not the biases). LoRA starts at ``A`` Gaussian (std ``1/√D``), ``B = 0``. Fresh inputs,
+    uniform on ``[low, high]^D``, are drawn at every step (one batch per seed, shared by its configs).
+
+    Parameters
+    ----------
+    frozen_w (S, L, D, D), frozen_b (S, L, D) : one frozen model per seed.
+    target_w (S, L̄, D, D), target_b (S, L̄, D) : one target per seed.
+    configs : C dicts as above.
+    steps, batch : Adam steps and batch size.
+
+    Returns
+    -------
+    ``(weights (S, C, L, D, D), biases (S, C, L, D))``: the adapted models, detached.
+    """
+    for name, T, nd in (("frozen_w", frozen_w, 4), ("frozen_b", frozen_b, 3), ("target_w", target_w, 4),
+                        ("target_b", target_b, 3)):
+        if not isinstance(T, torch.Tensor) or T.dim() != nd or not torch.isfinite(T).all():
+            raise ValueError(f"{name} must be a finite tensor with {nd} dimensions")
+    S, L, D, _ = frozen_w.shape
+    if frozen_b.shape != (S, L, D) or target_w.shape[0] != S or target_w.shape[2:] != (D, D) \
+            or target_b.shape != target_w.shape[:3]:
+        raise ValueError("shapes must be frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), target_b (S, L̄, D)")
+    if not configs:
+        raise ValueError("configs must be a non-empty list of dicts")
+    C = len(configs)
+    for c in configs:
+        check_rank(c.get("rank", 0), D, "rank", allow_zero=True)
+        check_rank(c.get("final", 0), L, "final", allow_zero=True)
+        if c.get("bias", "all") not in ("all", "none", "final"):
+            raise ValueError(f"bias must be 'all', 'none' or 'final', got {c.get('bias')!r}")
+        _positive(c["lr"], "lr")
+        if not (c.get("wd", 0.0) >= 0):
+            raise ValueError(f"wd must be non-negative, got {c.get('wd')!r}")
+    check_rank(batch, 10**8, "batch")
+    kw = dict(dtype=dtype, device=device)
+    r_max = max(1, max(c.get("rank", 0) for c in configs))
+    ranks = torch.tensor([c.get("rank", 0) for c in configs])
+    lora_mask = (torch.arange(r_max)[None] < ranks[:, None]).to(**kw)                    # (C, r)
+    finals = torch.tensor([c.get("final", 0) for c in configs])
+    full_mask = (torch.arange(L)[None] >= L - finals[:, None]).to(**kw)                   # (C, L)
+    bias_mask = torch.stack([torch.ones(L) if c.get("bias", "all") == "all" else
+                             torch.zeros(L) if c.get("bias") == "none" else
+                             (torch.arange(L) >= L - c.get("final", 0)).float() for c in configs]).to(**kw)
+    lr = torch.tensor([float(c["lr"]) for c in configs], **kw).repeat(S)
+    wd = torch.tensor([float(c.get("wd", 0.0)) for c in configs], **kw).repeat(S)
+
+    fw, fb = frozen_w.to(**kw), frozen_b.to(**kw)
+    tw, tb = target_w.to(**kw), target_b.to(**kw)
+    A = (torch.randn(S * C, L, r_max, D, generator=generator, dtype=torch.float64) / math.sqrt(D)).to(**kw)
+    Bm = torch.zeros(S * C, L, D, r_max, **kw)
+    dFull = torch.zeros(S * C, L, D, D, **kw)
+    db = torch.zeros(S * C, L, D, **kw)
+    lm = lora_mask.repeat(S, 1)[:, None, None, :]                                          # (SC, 1, 1, r)
+    fm = full_mask.repeat(S, 1)[:, :, None, None]
+    bm = bias_mask.repeat(S, 1)[:, :, None]
+
+    any_full = bool(finals.any())
+
+    any_wd = bool((wd > 0).any())
+
+    def model() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        Bl = Bm * lm
+        W = fw[:, None] + (Bl @ A).view(S, C, L, D, D)
+        if any_full:
+            W = W + (fm * dFull).view(S, C, L, D, D)
+        b = fb[:, None] + (bm * db).view(S, C, L, D)
+        return W, b, Bl                                                                # (S, C, L, D, D), (S, C, L, D)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        x = uniform_inputs((S, batch, D), generator, low=low, high=high, **kw)
+        with torch.no_grad():
+            y = _fnn_fast(x, tw, tb, relu)                                             # (S, n, D)
+        W, b, Bl = model()
+        out = _fnn_fast(x[:, None], W, b, relu)                                        # (S, C, n, D)
+        mse = (out - y[:, None]).square().sum(-1).mean(-1).reshape(S * C)
+        if not any_wd:
+            return mse
+        pen = Bl.square().sum((1, 2, 3)) + (A * lm.transpose(-1, -2)).square().sum((1, 2, 3))
+        if any_full:
+            pen = pen + (fm * dFull).square().sum((1, 2, 3))
+        return mse + 0.5 * wd * pen
+
+    params = [A, Bm, dFull, db] if any_full else [A, Bm, db]
+    batched_adam(params, loss_fn, steps, lr, progress=progress)
+    with torch.no_grad():
+        W, b, _ = model()
+    return W.reshape(S, C, L, D, D).detach(), b.reshape(S, C, L, D).detach()
+
+
+def adapter_mse(weights: torch.Tensor, biases: torch.Tensor, target_w: torch.Tensor, target_b: torch.Tensor,
+                x: torch.Tensor, *, relu: bool = True) -> torch.Tensor:
+    """Mean squared error ``E‖f(x) − f̄(x)‖²`` of adapted models on fixed inputs.
+
+    Parameters
+    ----------
+    weights (S, C, L, D, D), biases (S, C, L, D) : adapted models (from :func:`train_fnn_adapters`).
+    target_w (S, L̄, D, D), target_b (S, L̄, D) : targets.
+    x : (S, n, D) inputs, one set per seed.
+
+    Returns
+    -------
+    (S, C) tensor.
+    """
+    if weights.dim() != 5 or biases.dim() != 4 or x.dim() != 3 or x.shape[0] != weights.shape[0]:
+        raise ValueError("need weights (S, C, L, D, D), biases (S, C, L, D) and x (S, n, D)")
+    kw = dict(dtype=weights.dtype, device=weights.device)
+    x = x.to(**kw)
+    with torch.no_grad():
+        y = fnn_forward(x, target_w.to(**kw), target_b.to(**kw), relu=relu)[:, None]
+        chunks = []
+        for c in range(0, weights.shape[1], 32):                 # bounded memory for large grids
+            out = fnn_forward(x[:, None], weights[:, c:c + 32], biases[:, c:c + 32], relu=relu)
+            chunks.append((out - y).square().sum(-1).mean(-1))
+    return torch.cat(chunks, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one experiment: random instances, (optional) pretraining, a batched gradient grid, selection, test
+def random_fnn_instance(D: int, n_layers: int, n_target: int, generator: torch.Generator, *,
+                        bias_std: float = 0.1, linear: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random frozen FNN and a random target FNN (float64, drawn on the CPU).
+
+    ReLU case: all weights ``N(0, 1/D)``, biases ``N(0, bias_std²)``. ``linear=True``: frozen
+    ``W_l = I + G_l/(2√D)``, target ``W̄ = G/√D``, zero biases (well-conditioned, non-singular frozen layers).
+
+    Returns ``(frozen_w (L, D, D), frozen_b (L, D), target_w (L̄, D, D), target_b (L̄, D))``.
+    """
+    check_rank(D, 10**5, "D")
+    check_rank(n_target, 10**5, "n_target")
+    uniform_partition(n_layers, n_target)
+    kw = dict(generator=generator, dtype=torch.float64)
+    if linear:
+        fw = torch.eye(D, dtype=torch.float64) + torch.randn(n_layers, D, D, **kw) / (2 * math.sqrt(D))
+        tw = torch.randn(n_target, D, D, **kw) / math.sqrt(D)
+        return fw, torch.zeros(n_layers, D, dtype=torch.float64), tw, torch.zeros(n_target, D, dtype=torch.float64)
+    fw = torch.randn(n_layers, D, D, **kw) / math.sqrt(D)
+    fb = torch.randn(n_layers, D, **kw) * bias_std
+    tw = torch.randn(n_target, D, D, **kw) / math.sqrt(D)
+    tb = torch.randn(n_target, D, **kw) * bias_std
+    return fw, fb, tw, tb
+
+
+def fnn_grid_experiment(*, D: int, n_layers: int, n_target: int, configs: Sequence[dict], seeds: int, steps: int,
+                        batch: int, linear: bool = False, pretrain_steps: int = 0, n_val: int = 1000,
+                        n_test: int = 5000, shift: tuple[float, float] = (-0.5, 1.5), seed: int = 0,
+                        construction_ranks: Sequence[int] = (), progress: bool | str = False,
+                        device: torch.device | str = "cpu") -> dict:
+    """The chapter's gradient experiment, as one batched program over (seed × config).
+
+    For each seed: draw a frozen model and a target (:func:`random_fnn_instance`); if ``pretrain_steps > 0``,
+    first train *all* frozen weights and biases toward the target for that many Adam steps (the "pretrained"
+    frozen model); train every config with :func:`train_fnn_adapters` on fresh inputs uniform on ``[−1, 1]^D``;
+    for every group of configs sharing ``(rank, final, bias)`` select the learning rate and weight decay on a
+    held-out validation set of ``n_val`` inputs; report the selected model's MSE on ``n_test`` fresh inputs and on
+    ``n_test`` inputs uniform on the shifted cube ``shift``. The construction (:func:`fnn_construction`, or
+    :func:`linear_construction` when ``linear``) is evaluated on the same inputs for ``construction_ranks``.
+
+    Returns a dict of numpy arrays: ``groups`` (list of (rank, final, bias)), ``test``/``shift`` (S, G) of the
+    selected runs, ``val`` (S, C), ``construction_test``/``construction_shift`` (S, len(construction_ranks)),
+    ``zero_test`` (S,) the frozen model's MSE, ``n_params`` (G,) trainable parameters per group.
+    """
+    import numpy as np
+
+    check_rank(seeds, 10**5, "seeds")
+    g = torch.Generator().manual_seed(seed)
+    inst = [random_fnn_instance(D, n_layers, n_target, g, linear=linear) for _ in range(seeds)]
+    fw, fb, tw, tb = (torch.stack([t[i] for t in inst]) for i in range(4))
+    relu = not linear
+    if pretrain_steps:
+        pre = [dict(rank=0, final=n_layers, bias="none" if linear else "all", lr=1e-3, wd=0.0)]
+        W, b = train_fnn_adapters(fw, fb, tw, tb, pre, steps=pretrain_steps, batch=batch, generator=g, relu=relu,
+                                  device=device, progress=progress and "pretrain")
+        fw, fb = W[:, 0].double().cpu(), b[:, 0].double().cpu()
+    W, b = train_fnn_adapters(fw, fb, tw, tb, configs, steps=steps, batch=batch, generator=g, relu=relu,
+                              device=device, progress=progress)
+    x_val = uniform_inputs((seeds, n_val, D), g, dtype=torch.float64)
+    x_test = uniform_inputs((seeds, n_test, D), g, dtype=torch.float64)
+    x_shift = uniform_inputs((seeds, n_test, D), g, low=shift[0], high=shift[1], dtype=torch.float64)
+    W64, b64 = W.double().cpu(), b.double().cpu()
+    val = adapter_mse(W64, b64, tw, tb, x_val, relu=relu)
+    test = adapter_mse(W64, b64, tw, tb, x_test, relu=relu)
+    shf = adapter_mse(W64, b64, tw, tb, x_shift, relu=relu)
+    keys = [(c.get("rank", 0), c.get("final", 0), c.get("bias", "all")) for c in configs]
+    groups = list(dict.fromkeys(keys))
+    sel_test = np.zeros((seeds, len(groups)))
+    sel_shift = np.zeros((seeds, len(groups)))
+    for j, key in enumerate(groups):
+        idx = torch.tensor([i for i, k in enumerate(keys) if k == key])
+        best = idx[val[:, idx].argmin(1)]
+        sel_test[:, j] = test[torch.arange(seeds), best].numpy()
+        sel_shift[:, j] = shf[torch.arange(seeds), best].numpy()
+    radius = math.sqrt(D) * max(1.0, abs(shift[0]), abs(shift[1]))
+    c_test = np.zeros((seeds, len(construction_ranks)))
+    c_shift = np.zeros((seeds, len(construction_ranks)))
+    for s in range(seeds):
+        for j, R in enumerate(construction_ranks):
+            if linear:
+                deltas = linear_construction(tw[s, 0], list(fw[s]), R)
+                Wc, bc = torch.stack([w + d for w, d in zip(fw[s], deltas)]), fb[s]
+            else:
+                deltas, biases = fnn_construction(list(tw[s]), list(tb[s]), list(fw[s]), R, radius)
+                Wc, bc = torch.stack([w + d for w, d in zip(fw[s], deltas)]), torch.stack(biases)
+            c_test[s, j] = adapter_mse(Wc[None, None], bc[None, None], tw[s:s + 1], tb[s:s + 1], x_test[s:s + 1], relu=relu).item()
+            c_shift[s, j] = adapter_mse(Wc[None, None], bc[None, None], tw[s:s + 1], tb[s:s + 1], x_shift[s:s + 1], relu=relu).item()
+    zero = adapter_mse(fw[:, None], fb[:, None], tw, tb, x_test, relu=relu)[:, 0].numpy()
+    L = n_layers
+
+    def count(key):
+        r, k, bias = key
+        nb = {"all": L, "none": 0, "final": k}[bias] * D
+        return 2 * r * D * L + k * D * D + nb
+
+    return {"groups": groups, "test": sel_test, "shift": sel_shift, "val": val.numpy(), "construction_test": c_test,
+            "construction_shift": c_shift, "zero_test": zero, "n_params": np.array([count(k) for k in groups]),
+            "frozen_w": fw.numpy(), "target_w": tw.numpy()}
+
+
+GRID_VERSION = 1
+
+
+def cached_grid(name: str, scale_name: str, **kwargs) -> dict:
+    """:func:`fnn_grid_experiment` through :func:`lorabook.train.cached_sweep` (keyed by scale, sizes, seeds, version)."""
+    from .train import cached_sweep
+
+    config = {"version": GRID_VERSION, "scale": scale_name, **kwargs}
+    [out] = cached_sweep(name, [config], lambda c: fnn_grid_experiment(**kwargs), progress=False)
+    return out
+
+
+def grid_configs(ranks: Sequence[int], lrs: Sequence[float], wds: Sequence[float] = (0.0,), *,
+                 bias: str = "all", final: Sequence[int] = ()) -> list[dict]:
+    """The configs of a grid: LoRA ranks × lr × wd (biases ``bias``), plus full tuning of the last ``k`` layers."""
+    out = [dict(rank=int(r), lr=float(lr), wd=float(wd), bias=bias) for r in ranks for lr in lrs for wd in wds]
+    out += [dict(rank=0, final=int(k), bias="final", lr=float(lr), wd=float(wd)) for k in final for lr in lrs for wd in wds]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transformer networks: random instances and batched gradient LoRA
+def random_tfn_instance(D: int, H: int, n_layers: int, generator: torch.Generator, *, ffn_bias_std: float = 0.1
+                        ) -> tuple[list[dict], list[dict]]:
+    """A random target TFN and a frozen TFN with the same feed-forward blocks (float64, CPU draws).
+
+    Attention weights ``N(0, 1/D)`` drawn independently for target and frozen model; feed-forward ``W1, W2``
+    ``N(0, 1/D)``, biases ``N(0, ffn_bias_std²)``, shared. Returns ``(target, frozen)`` lists of layer dicts.
+    """
+    check_rank(D, 10**4, "D")
+    check_rank(H, 10**4, "H")
+    check_rank(n_layers, 10**4, "n_layers")
+    kw = dict(generator=generator, dtype=torch.float64)
+
+    def att():
+        return {k: torch.randn(H, D, D, **kw) / math.sqrt(D) for k in ("Q", "K", "V", "O")}
+
+    target, frozen = [], []
+    for _ in range(n_layers):
+        ffn = {"W1": torch.randn(D, D, **kw) / math.sqrt(D), "b1": torch.randn(D, **kw) * ffn_bias_std,
+               "W2": torch.randn(D, D, **kw) / math.sqrt(D), "b2": torch.randn(D, **kw) * ffn_bias_std}
+        target.append({**att(), **ffn})
+        frozen.append({**att(), **ffn})
+    return target, frozen
+
+
+def _stack_layers(instances: Sequence[Sequence[dict]], extra: int, dtype, device) -> list[dict]:
+    """Stack per-seed layer dicts to a leading S dim, and insert ``extra`` singleton dims so they broadcast
+    against inputs of shape (S, [C,] n, N, D) (attention weights also get one dim for the sample axis)."""
+    out = []
+    for l in range(len(instances[0])):
+        layer = {}
+        for k in TFN_KEYS:
+            T = torch.stack([inst[l][k] for inst in instances]).to(dtype=dtype, device=device)
+            n_unsq = extra + (1 if k in ("Q", "K", "V", "O", "W1", "W2") else 2)
+            layer[k] = T.reshape(T.shape[:1] + (1,) * n_unsq + T.shape[1:])
+        out.append(layer)
+    return out
+
+
+def train_tfn_lora(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence[dict]], configs: Sequence[dict], *,
+                   steps: int, batch: int, n_tokens: int, generator: torch.Generator,
+                   progress: bool | str = False, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> list[dict]:
+    """Gradient LoRA on ``W_Q, W_K, W_V, W_O`` of every head and layer of a TFN, batched over (seed × config).
+
+    Parameters
+    ----------
+    targets, frozens : S lists of layer dicts (one TFN pair per seed, as from :func:`random_tfn_instance`).
+    configs : C dicts ``{"rank": R ≥ 1, "lr": η}``.
+    steps, batch, n_tokens : Adam steps; fresh inputs (batch, n_tokens, D) with ``N(0, 1)`` entries every step.
+
+    Returns
+    -------
+    adapted layers: list of dicts whose ``Q, K, V, O`` have shape (S, C, 1, H, D, D) (other keys broadcast), for
+    :func:`tfn_forward` on inputs of shape (S, C, n, N, D) or (S, 1, n, N, D).
+    """
+    S = len(targets)
+    if S == 0 or len(frozens) != S:
+        raise ValueError("need one target and one frozen TFN per seed")
+    H, D = _check_tfn(list(targets[0]), "targets[0]")
+    for t, f in zip(targets, frozens):
+        if _check_tfn(list(t), "target") != (H, D) or _check_tfn(list(f), "frozen") != (H, D) or len(t) != len(f):
+            raise ValueError("all TFNs must share depth, heads and width")
+    if not configs:
+        raise ValueError("configs must be a non-empty list of dicts")
+    for c in configs:
+        check_rank(c["rank"], D, "rank")
+        _positive(c["lr"], "lr")
+    C, n_layers = len(configs), len(targets[0])
+    kw = dict(dtype=dtype, device=device)
+    tgt = _stack_layers(targets, 0, **kw)
+    frz = _stack_layers(frozens, 1, **kw)
+    r_max = max(c["rank"] for c in configs)
+    mask = (torch.arange(r_max)[None] < torch.tensor([c["rank"] for c in configs])[:, None]).to(**kw)
+    mask = mask.reshape(1, C, 1, 1, 1, r_max)
+    params, factors = [], []
+    for _ in range(n_layers):
+        layer = {}
+        for k in ("Q", "K", "V", "O"):
+            A = (torch.randn(S * C, 1, H, r_max, D, generator=generator, dtype=torch.float64) / math.sqrt(D)).to(**kw)
+            B = torch.zeros(S * C, 1, H, D, r_max, **kw)
+            params += [A, B]
+            layer[k] = (A, B)
+        factors.append(layer)
+    lr = torch.tensor([float(c["lr"]) for c in configs], **kw).repeat(S)
+
+    def adapted() -> list[dict]:
+        out = []
+        for fl, fac in zip(frz, factors):
+            new = dict(fl)
+            for k, (A, B) in fac.items():
+                delta = (B.view(S, C, 1, H, D, r_max) * mask) @ A.view(S, C, 1, H, r_max, D)
+                new[k] = fl[k] + delta
+            out.append(new)
+        return out
+
+    def loss_fn(step: int) -> torch.Tensor:
+        X = torch.randn(S, batch, n_tokens, D, generator=generator, dtype=torch.float64).to(**kw)
+        with torch.no_grad():
+            y = tfn_forward(X, tgt)                                                    # (S, n, N, D)
+        out = tfn_forward(X[:, None], adapted())                                      # (S, C, n, N, D)
+        return (out - y[:, None]).square().sum(-1).mean((-1, -2)).reshape(S * C)
+
+    batched_adam(params, loss_fn, steps, lr, progress=progress)
+    with torch.no_grad():
+        return [{k: v.detach() for k, v in layer.items()} for layer in adapted()]
+
+
+def tfn_mse(adapted: Sequence[dict], targets: Sequence[Sequence[dict]], X: torch.Tensor) -> torch.Tensor:
+    """``E‖f(X) − f̄(X)‖²`` per token, for adapted TFNs from :func:`train_tfn_lora` on inputs X (S, n, N, D) → (S, C)."""
+    if X.dim() != 4 or X.shape[0] != len(targets):
+        raise ValueError("X must have shape (S, n, N, D) with one slice per seed")
+    kw = dict(dtype=adapted[0]["Q"].dtype, device=adapted[0]["Q"].device)
+    with torch.no_grad():
+        X = X.to(**kw)
+        y = tfn_forward(X, _stack_layers(targets, 0, **kw))
+        out = tfn_forward(X[:, None], list(adapted))
+    return (out - y[:, None]).square().sum(-1).mean((-1, -2))

@@ -1,0 +1,337 @@
+"""Unit and property tests of lorabook.ntk (float64, fast)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lorabook import ntk
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _problem(N=6, K=1, m=4, n=5, lam_frac=0.2, loss="mse", seed=0, P=1):
+    pr = ntk.synthetic_problem(N, K, m, n, 0.0, generator=_gen(seed), loss=loss, P=P)
+    return ntk.LinearisedProblem(pr.G, pr.f0, pr.y, lam_frac * pr.lambda_max(), loss)
+
+
+# ---------------------------------------------------------------- rank conditions
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 200))
+def test_rank_threshold_is_smallest(K, N):
+    r = ntk.rank_threshold(K, N)
+    assert r * (r + 1) // 2 > K * N
+    assert (r - 1) * r // 2 <= K * N
+    assert ntk.pataki_rank(K, N) == r - 1
+
+
+def test_rank_threshold_values():
+    assert ntk.rank_threshold(1, 1) == 2
+    assert ntk.rank_threshold(1, 32) == 8   # the paper's N = 32, K = 1 (8·9/2 = 36 > 32)
+    assert ntk.rank_threshold(2, 3) == 4
+
+
+@pytest.mark.parametrize("K,N", [(0, 3), (2, -1), (1.5, 2), (True, 3), (1, "4")])
+def test_rank_threshold_rejects(K, N):
+    with pytest.raises(ValueError, match="positive integer"):
+        ntk.rank_threshold(K, N)
+
+
+# ---------------------------------------------------------------- problem and certificate
+def test_problem_validation():
+    G = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="loss must be"):
+        ntk.LinearisedProblem(G, torch.zeros(3, 1), torch.zeros(3, 1), 0.1, "hinge")
+    with pytest.raises(ValueError, match="y must be"):
+        ntk.LinearisedProblem(G, torch.zeros(3, 1), torch.zeros(4, 1), 0.1)
+    with pytest.raises(ValueError, match="f0 must be"):
+        ntk.LinearisedProblem(G, torch.full((3, 1), float("nan")), torch.zeros(3, 1), 0.1)
+    with pytest.raises(ValueError, match="lam must be"):
+        ntk.LinearisedProblem(G, torch.zeros(3, 1), torch.zeros(3, 1), -1.0)
+    with pytest.raises(ValueError, match="G contains NaN"):
+        ntk.LinearisedProblem(G * float("nan"), torch.zeros(3, 1), torch.zeros(3, 1), 0.1)
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        ntk.LinearisedProblem(G, torch.zeros(3, 1), torch.full((3, 1), 0.5), 0.1, "logistic")
+    with pytest.raises(ValueError, match="K = 1"):
+        ntk.LinearisedProblem(torch.randn(3, 2, 2, 2, dtype=torch.float64), torch.zeros(3, 2), torch.zeros(3, 2), 0.1,
+                              "logistic")
+    with pytest.raises(ValueError, match="G must have shape"):
+        ntk.LinearisedProblem(torch.randn(3, 2, dtype=torch.float64), torch.zeros(3, 1), torch.zeros(3, 1), 0.1)
+    pr = ntk.LinearisedProblem(G, torch.zeros(3, 1), torch.zeros(3, 1), 0.1)
+    with pytest.raises(ValueError, match="delta must have shape"):
+        pr.objective(torch.zeros(2, 3))
+
+
+def test_outputs_match_inner_products():
+    pr = _problem(N=5, K=2, m=3, n=4, P=2)
+    delta = torch.randn(2, 3, 4, dtype=torch.float64, generator=_gen(1))
+    direct = pr.f0 + torch.einsum("nkpij,pij->nk", pr.G, delta)
+    assert torch.allclose(pr.outputs(delta), direct)
+    batched = pr.outputs(torch.stack([delta, 2 * delta]))
+    assert batched.shape == (2, 5, 2) and torch.allclose(batched[0], direct)
+    # the gradient is the adjoint of the output map applied to the output gradient (finite differences)
+    d = delta.clone().requires_grad_(True)
+    auto, = torch.autograd.grad(pr.data_loss(d), d)
+    assert torch.allclose(auto, pr.grad(delta))
+
+
+def test_svt_is_the_nuclear_prox():
+    X = torch.randn(5, 4, dtype=torch.float64, generator=_gen(2))
+    Y, s = ntk.svt(X, 0.7)
+    assert torch.allclose(torch.linalg.svdvals(Y), s, atol=1e-12)
+    assert torch.allclose(s, (torch.linalg.svdvals(X) - 0.7).clamp_min(0))
+    obj = lambda Z: 0.5 * (Z - X).square().sum() + 0.7 * torch.linalg.svdvals(Z).sum()  # noqa: E731
+    for _ in range(20):  # the prox value is below every random nearby point
+        Z = Y + 0.05 * torch.randn(5, 4, dtype=torch.float64, generator=_gen(_))
+        assert obj(Y) <= obj(Z) + 1e-12
+    with pytest.raises(ValueError, match="tau must be"):
+        ntk.svt(X, -1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        ntk.svt(X * float("nan"), 0.1)
+
+
+@pytest.mark.parametrize("loss", ["mse", "logistic"])
+def test_certified_optimum_matches_cvxpy(loss):
+    cp = pytest.importorskip("cvxpy")
+    pr = _problem(N=6, m=4, n=5, lam_frac=0.2, loss=loss, seed=3)
+    res = ntk.proximal_gradient(pr, 5000, tol=1e-10)
+    assert res.cert.rel_gap < 1e-9 and res.cert.kkt < 1e-4
+    X = cp.Variable((4, 5))
+    y = pr.y.numpy().ravel()
+    z = cp.hstack([cp.sum(cp.multiply(pr.G[i, 0, 0].numpy(), X)) for i in range(6)])
+    data = cp.sum_squares(z - y) / 12 if loss == "mse" else cp.sum(cp.logistic(z) - cp.multiply(y, z)) / 6
+    prob = cp.Problem(cp.Minimize(data + pr.lam * cp.normNuc(X)))
+    prob.solve()
+    assert abs(prob.value - res.cert.primal) / prob.value < 1e-4
+    assert res.cert.primal <= prob.value + 1e-7  # ours is at least as good
+    # the dual value is a valid lower bound on the cvxpy optimum too
+    assert res.cert.dual <= prob.value + 1e-7
+
+
+def test_certificate_detects_non_optimal_points():
+    pr = _problem(seed=4)
+    opt = ntk.proximal_gradient(pr, 5000, tol=1e-10)
+    bad = ntk.certificate(pr, opt.delta + 0.1)
+    assert bad.rel_gap > 1e-3 and bad.kkt > 1e-2
+    assert bad.primal >= opt.cert.dual - 1e-12   # weak duality
+    with pytest.raises(ValueError, match="single delta"):
+        ntk.certificate(pr, torch.stack([opt.delta, opt.delta]))
+
+
+def test_regularisation_is_applied():
+    """The reference code's weight-decay / nuclear steps did nothing; here λ changes the solution."""
+    pr = _problem(seed=5, lam_frac=0.3)
+    pr0 = ntk.LinearisedProblem(pr.G, pr.f0, pr.y, 0.0)
+    a = ntk.proximal_gradient(pr, 3000, tol=1e-10)
+    b = ntk.proximal_gradient(pr0, 3000)
+    assert pr.nuclear(a.delta) < pr.nuclear(b.delta) - 1e-3
+    # LoRA with weight decay lands on the convex optimum (not on the λ = 0 one)
+    B, A, rk = ntk.lora_init(pr.shape, [4], 2, init_std=0.3, zero_B=False, generator=_gen(0))
+    lo = ntk.lora_gd(pr, B, A, rk, 4000, 0.3)
+    assert float(((lo.objective - a.cert.primal) / a.cert.primal).abs().max()) < 1e-4
+    lo0 = ntk.lora_gd(pr0, B, A, rk, 200, 0.3)
+    assert not torch.allclose(lo.delta, lo0.delta, atol=1e-3)
+
+
+def test_plain_prox_and_lr_validation():
+    pr = _problem(seed=6)
+    fast = ntk.proximal_gradient(pr, 200, record_every=10)
+    slow = ntk.proximal_gradient(pr, 200, accelerate=False, record_every=10)
+    assert fast.history.shape == (21,) and slow.history[-1] >= fast.cert.dual - 1e-12
+    assert torch.all(slow.history[1:] <= slow.history[:-1] + 1e-12)   # plain prox-grad is monotone
+    with pytest.raises(ValueError, match="lr must lie"):
+        ntk.proximal_gradient(pr, 10, lr=10.0 / pr.lipschitz())
+    with pytest.raises(ValueError, match="steps must be"):
+        ntk.proximal_gradient(pr, 0)
+
+
+# ---------------------------------------------------------------- rank reduction (Theorem 3.1)
+@settings(max_examples=8, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 2), st.integers(0, 10_000))
+def test_rank_reduction_unregularised(N, K, seed):
+    pr = ntk.synthetic_problem(N, K, 7, 6, 0.0, generator=_gen(seed))
+    d = ntk.min_norm_interpolant(pr)
+    assert float(pr.data_loss(d)) < 1e-20
+    red, hist = ntk.reduce_rank(pr, d)
+    r = torch.linalg.matrix_rank(red[0], rtol=1e-8).item()
+    assert r * (r + 1) // 2 <= K * N
+    assert hist[0] >= hist[-1] == r
+    assert torch.allclose(pr.outputs(red), pr.outputs(d), atol=1e-8)
+    assert pr.nuclear(red) <= pr.nuclear(d) + 1e-8
+
+
+def test_min_norm_interpolant_rejects():
+    with pytest.raises(ValueError, match="squared-error"):
+        ntk.min_norm_interpolant(_problem(loss="logistic"))
+    with pytest.raises(ValueError, match="exceeds"):
+        ntk.min_norm_interpolant(ntk.synthetic_problem(30, 1, 2, 2, 0.0, generator=_gen(0)))
+
+
+def test_rank_reduction_two_blocks_keeps_objective():
+    pr = _problem(N=4, K=1, m=6, n=6, P=2, lam_frac=0.0)
+    d = torch.linalg.lstsq(pr.G.reshape(4, -1), (pr.y - pr.f0).reshape(-1, 1)).solution.reshape(pr.shape)
+    red, hist = ntk.reduce_rank(pr, d)
+    ranks = [torch.linalg.matrix_rank(x, rtol=1e-8).item() for x in red]
+    assert sum(r * (r + 1) // 2 for r in ranks) <= 4
+    assert abs(float(pr.objective(red) - pr.objective(d))) < 1e-10
+    with pytest.raises(ValueError, match="rtol"):
+        ntk.reduce_rank(pr, d, rtol=2.0)
+    with pytest.raises(ValueError, match="delta must have shape"):
+        ntk.reduce_rank(pr, d[0])
+
+
+# ---------------------------------------------------------------- LoRA GD (Theorem 4.1)
+def test_lora_init_and_masks():
+    B, A, rk = ntk.lora_init((1, 5, 4), [1, 3], 2, init_std=0.5, zero_B=True, generator=_gen(0))
+    assert B.shape == (4, 1, 5, 3) and A.shape == (4, 1, 4, 3) and rk.tolist() == [1, 1, 3, 3]
+    assert (B == 0).all() and (A[:2, :, :, 1:] == 0).all()
+    with pytest.raises(ValueError, match="ranks must be"):
+        ntk.lora_init((1, 5, 4), [5], 1, init_std=0.5, zero_B=True, generator=_gen(0))
+    with pytest.raises(ValueError, match="init_std"):
+        ntk.lora_init((1, 5, 4), [2], 1, init_std=0.0, zero_B=True, generator=_gen(0))
+
+
+def test_lora_gd_respects_rank_and_perturbation():
+    pr = _problem(N=4, m=5, n=5, seed=7, lam_frac=0.05)
+    opt = ntk.proximal_gradient(pr, 5000, tol=1e-11)
+    B, A, rk = ntk.lora_init(pr.shape, [1, 4], 2, init_std=0.3, zero_B=False, generator=_gen(1))
+    out = ntk.lora_gd(pr, B, A, rk, 3000, 0.3, record_every=100)
+    assert out.history.shape == (31, 4)
+    assert all(torch.linalg.matrix_rank(out.delta[s, 0]).item() <= rk[s].item() for s in range(4))
+    assert (out.objective >= opt.cert.dual - 1e-10).all()          # never below the certified optimum
+    assert float(((out.objective[2:] - opt.cert.primal) / opt.cert.primal).max()) < 1e-3   # r = 4 ≥ threshold
+    eps = 1e-2
+    Pm = ntk.random_psd(10, eps, generator=_gen(2))[0]
+    pert = ntk.lora_gd(pr, B[2:], A[2:], rk[2:], 3000, 0.3, perturbation=Pm)
+    excess = (pert.objective - opt.cert.primal).max().item()
+    assert -1e-10 <= excess <= eps * float(pr.nuclear(opt.delta)) + 1e-6   # Corollary 4.2 (our constant)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        ntk.lora_gd(pr, B, A, rk, 10, 0.3, perturbation=-torch.eye(10, dtype=torch.float64))
+    with pytest.raises(ValueError, match="lr must be"):
+        ntk.lora_gd(pr, B, A, rk, 10, -1.0)
+    with pytest.raises(ValueError, match="need B"):
+        ntk.lora_gd(pr, B[:, :, :3], A, rk, 10, 0.3)
+
+
+def test_random_psd():
+    Pm = ntk.random_psd(6, 0.3, 3, generator=_gen(0))
+    assert Pm.shape == (3, 6, 6)
+    assert torch.allclose(Pm.norm(dim=(-1, -2)), torch.full((3,), 0.3, dtype=torch.float64))
+    assert torch.linalg.eigvalsh(Pm).min() > -1e-12
+    with pytest.raises(ValueError, match="eps"):
+        ntk.random_psd(3, -1.0)
+
+
+# ---------------------------------------------------------------- linearisation with torch.func
+class _TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1 = nn.Linear(3, 4).double()
+        self.l2 = nn.Linear(4, 4).double()
+        self.out = nn.Linear(4, 2).double()
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.l2(torch.tanh(self.l1(x)))))
+
+
+def test_jacobian_and_linearised_prediction():
+    net = _TinyNet()
+    names = ["l2.weight"]
+    x = torch.randn(7, 3, dtype=torch.float64, generator=_gen(0))
+    f0, G = ntk.per_example_jacobian(net, names, x)
+    assert f0.shape == (7, 2) and G.shape == (7, 2, 1, 4, 4)
+    # compare with autograd on one example and output
+    xi = x[3:4]
+    W = net.l2.weight
+    g, = torch.autograd.grad(net(xi)[0, 1], W)
+    assert torch.allclose(G[3, 1, 0], g)
+    delta = 1e-4 * torch.randn(1, 4, 4, dtype=torch.float64, generator=_gen(1))
+    f0b, flin = ntk.linearised_predict(net, names, delta, x, batch_size=3)
+    assert torch.allclose(f0b, f0)
+    assert torch.allclose(flin, f0 + torch.einsum("nkpij,pij->nk", G, delta))
+    actual = ntk.predict_with_delta(net, names, delta, x)
+    assert (actual - flin).abs().max() < 1e-7          # second-order small for a tiny step
+    assert (actual - f0).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="no parameter"):
+        ntk.per_example_jacobian(net, ["nope.weight"], x)
+    with pytest.raises(ValueError, match="share one shape"):
+        ntk.per_example_jacobian(net, ["l1.weight", "l2.weight"], x)
+    with pytest.raises(ValueError, match="weight matrix"):
+        ntk.per_example_jacobian(net, ["l2.bias"], x)
+    with pytest.raises(ValueError, match="delta must have shape"):
+        ntk.linearised_predict(net, names, torch.zeros(4, 4, dtype=torch.float64), x)
+    with pytest.raises(ValueError, match="leading batch"):
+        ntk.per_example_jacobian(net, names, (x, x[:2]))
+
+
+def test_train_actual_lora_small_model():
+    class Logit(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _TinyNet()
+
+        def forward(self, x):
+            return self.net(x)[:, 0]
+
+    m = Logit()
+    names = ["net.l2.weight"]
+    x = torch.randn(8, 3, dtype=torch.float64, generator=_gen(0))
+    y = torch.tensor([0, 1] * 4)
+    A0 = 0.1 * torch.randn(1, 4, 2, dtype=torch.float64, generator=_gen(1))
+    delta, hist = ntk.train_actual_lora(m, names, x, y, 2, 50, 0.5, 0.01, A0=A0, adam=False, record_every=10)
+    d2, _ = ntk.train_actual_lora(m, names, x, y, 2, 20, 0.01, 0.01, A0=A0)
+    assert d2.abs().max() > 0
+    assert delta.shape == (1, 4, 4) and hist.shape == (6,) and hist[-1] < hist[0]
+    assert torch.linalg.matrix_rank(delta[0]).item() <= 2
+    with pytest.raises(ValueError, match="A0 must have shape"):
+        ntk.train_actual_lora(m, names, x, y, 3, 5, 0.5, 0.01, A0=A0)
+    with pytest.raises(ValueError, match="labels"):
+        ntk.train_actual_lora(m, names, x, torch.full((8,), 2), 2, 5, 0.5, 0.01, A0=A0)
+
+
+# ---------------------------------------------------------------- generalisation
+def test_rademacher_and_bound():
+    G = torch.randn(20, 1, 1, 4, 4, dtype=torch.float64, generator=_gen(0))
+    out = ntk.rademacher_bound(G, 2.0, n_draws=300, generator=_gen(1))
+    assert 0 < out["empirical"] <= out["lemma"] + 1e-12
+    # linear in the radius
+    out2 = ntk.rademacher_bound(G, 4.0, n_draws=300, generator=_gen(1))
+    assert math.isclose(out2["empirical"], 2 * out["empirical"]) and math.isclose(out2["lemma"], 2 * out["lemma"])
+    b = ntk.generalisation_bound(0.1, 1.0, 2.0, 100, 0.05)
+    assert math.isclose(b, 0.2 + 2.0 * math.sqrt(math.log(20) / 200))
+    with pytest.raises(ValueError, match="radius"):
+        ntk.rademacher_bound(G, -1.0)
+    with pytest.raises(ValueError, match="G must have shape"):
+        ntk.rademacher_bound(G[:, 0], 1.0)
+    with pytest.raises(ValueError, match="delta must lie"):
+        ntk.generalisation_bound(0.1, 1.0, 1.0, 10, 1.5)
+
+
+def test_synthetic_problem_shapes():
+    pr = ntk.synthetic_problem(5, 2, 3, 4, 0.1, generator=_gen(0), P=2)
+    assert pr.shape == (2, 3, 4) and pr.N == 5 and pr.K == 2
+    assert math.isclose(pr.lipschitz(), 1.0, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="positive integer"):
+        ntk.synthetic_problem(0, 1, 3, 3, 0.1, generator=_gen(0))
+    assert np.isfinite(pr.lambda_max())
+
+
+def test_gram_path_matches_svd():
+    X = torch.randn(2, 100, 120, dtype=torch.float64, generator=_gen(3))
+    X[1] = X[1, :, :5] @ torch.randn(5, 120, dtype=torch.float64, generator=_gen(4))  # a low-rank block
+    assert min(X.shape[-2:]) > ntk.GRAM_MIN_DIM
+    U, s, Vh = torch.linalg.svd(X, full_matrices=False)
+    tau = 0.5 * float(s[0, 3])
+    ref = (U * (s - tau).clamp_min(0).unsqueeze(-2)) @ Vh
+    out, s_out = ntk.svt(X, tau)
+    assert torch.allclose(out, ref, atol=1e-9) and torch.allclose(s_out, (s - tau).clamp_min(0), atol=1e-9)
+    sv = ntk.singular_values(X)
+    assert torch.allclose(sv[0], s[0], rtol=1e-9) and torch.allclose(sv[1, :5], s[1, :5], rtol=1e-9)
+    out_t, _ = ntk.svt(X.transpose(-1, -2), tau)
+    assert torch.allclose(out_t, ref.transpose(-1, -2), atol=1e-9)

@@ -1,0 +1,717 @@
+"""Chapter 3 (Kratsios, Cheng, Lucchi & Sáez de Ocáriz Borde 2025): generalisation of asymmetric random LoRA.
+
+Contents
+--------
+* Bound formulas: :func:`lora_param_count` (eq. 7), :func:`lemma4_radius` (the radius ``R`` of Lemma 4),
+  :func:`kratsios_upper_bound` (Theorem 1), :func:`box_radius` (the exact ``sup_{|A|≤M} ‖BA‖_∞``) and
+  :func:`corrected_radius` (a high-probability bound on it that is valid for every rank).
+* Gap estimation: :func:`bounded_abs_loss`, :func:`gap_estimate`, :func:`loglog_slope`,
+  :func:`binomial_exceed_prob` (Theorem 2's anti-concentration term, exactly).
+* Random-factor MLPs in batched functional form (a leading batch dimension over draws × seeds):
+  :func:`make_mlp`, :func:`draw_factors`, :func:`lora_mlp_forward`, :func:`train_frozen_factor`,
+  :func:`lipschitz_ratio`.
+* MiniLM's last feed-forward output layer with a LoRA update, batched over (mode, rank, seed):
+  :func:`minilm_head_cache`, :func:`minilm_head_logits`, :func:`init_head_factors`.
+
+The network of the paper (eq. 2) is ``x^{(1)} = x``, ``x^{(t+1)} = σ((W^{(t)} + B^{(t)}A^{(t)}) x^{(t)} + b^{(t)})`` for
+``t = 1..T`` and ``f(x) = (W^{(T+1)} + B^{(T+1)}A^{(T+1)}) x^{(T+1)} + b^{(T+1)}``, with ``σ = ReLU``, widths
+``d → W → … → W → D`` (``T`` hidden layers), ``B^{(t)} ∈ R^{d_{t+1}×r}`` frozen ``N(0, ν²)`` and ``A^{(t)} ∈ R^{r×d_t}``
+trained under ``|A_ij| ≤ M``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .train import batched_adam
+
+__all__ = [
+    "lora_param_count", "lemma4_radius", "kratsios_upper_bound", "box_radius", "corrected_radius",
+    "bounded_abs_loss", "gap_estimate", "loglog_slope", "binomial_exceed_prob",
+    "make_mlp", "draw_factors", "lora_mlp_forward", "train_frozen_factor", "lipschitz_ratio",
+    "minilm_head_cache", "minilm_head_logits", "init_head_factors", "MODES", "teacher_student_gaps",
+    "output_witness", "chapter_setting", "gap_sweep", "minilm_asymmetry_run",
+]
+
+MODES = ("A", "B", "both")
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _pos_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _pos_float(v, name: str) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {v!r}") from None
+    if isinstance(v, bool) or not math.isfinite(f) or f <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    return f
+
+
+def _open01(v, name: str, *, right_closed: bool = False) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1{']' if right_closed else ')'}, got {v!r}") from None
+    ok = 0 < f <= 1 if right_closed else 0 < f < 1
+    if not ok or not math.isfinite(f):
+        raise ValueError(f"{name}={v!r} is out of range: it must lie in (0, 1{']' if right_closed else ')'}")
+    return f
+
+
+def _finite(t: torch.Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite entries")
+
+
+# ------------------------------------------------------------------------------------------ bound formulas
+def lora_param_count(r: int, W: int, T: int, d: int, D: int) -> int:
+    """Trainable parameters of the paper's setting, eq. (7): ``q = r (W(T−1) + d + D)``.
+
+    All arguments are positive integers. (Counting the entries of ``A^{(t)} ∈ R^{r×d_t}``, ``t = 1..T+1``,
+    directly gives ``r(d + TW)``; we keep the paper's formula, as the issue asks.)
+    """
+    r, W, T, d, D = (_pos_int(v, n) for v, n in ((r, "r"), (W, "W"), (T, "T"), (d, "d"), (D, "D")))
+    return r * (W * (T - 1) + d + D)
+
+
+def lemma4_radius(M: float, nu: float, r: int, W: int, eps: float) -> float:
+    """The radius of Lemma 4, ``R = M ν √(2 r log(2W/ε))`` (the paper's bound on ``‖B A‖_∞`` over the box).
+
+    ``M, ν > 0``; ``r, W`` positive integers; ``ε ∈ (0, 1)``.
+    """
+    M, nu = _pos_float(M, "M"), _pos_float(nu, "nu")
+    r, W = _pos_int(r, "r"), _pos_int(W, "W")
+    eps = _open01(eps, "eps")
+    return M * nu * math.sqrt(2 * r * math.log(2 * W / eps))
+
+
+def kratsios_upper_bound(*, r: int, N: int, delta: float, T: int, W: int, d: int, D: int, M: float, nu: float,
+                         eps: float, theta_pre_inf: float, c: float = 1.0) -> float:
+    """Theorem 1: with probability ``≥ 1 − δ`` the uniform gap ``G`` is at most
+
+    ``4 min{1, √q · 6√A / √N} + √(8 log(2/(1 − √(1 − δ))) / N)``, with ``A = (cT + 1) log(2R + 2R₀)``,
+    ``R = M ν √(2r log(2W/ε))`` and ``R₀ = ‖θ_pre‖_∞``.
+
+    The constant ``c`` (``c₂`` of Petrova & Wojtaszczyk) is not given by the paper: it is a parameter here.
+    Raises ``ValueError`` outside the domain (δ ∉ (0, 1], ε ∉ (0, 1), non-positive integers, ``M, ν ≤ 0``,
+    ``θ_pre_inf < 0``, ``c ≤ 0``) and when ``A ≤ 0`` (then ``√A`` and the bound are undefined).
+    Returns a float ≥ 0 (values ≥ 1 are vacuous for a loss in [0, 1]).
+    """
+    N = _pos_int(N, "N")
+    T, W, d, D = (_pos_int(v, n) for v, n in ((T, "T"), (W, "W"), (d, "d"), (D, "D")))
+    delta = _open01(delta, "delta", right_closed=True)
+    c = _pos_float(c, "c")
+    try:
+        R0 = float(theta_pre_inf)
+    except (TypeError, ValueError):
+        raise ValueError(f"theta_pre_inf must be a non-negative number, got {theta_pre_inf!r}") from None
+    if not math.isfinite(R0) or R0 < 0:
+        raise ValueError(f"theta_pre_inf must be a non-negative finite number, got {theta_pre_inf!r}")
+    R = lemma4_radius(M, nu, r, W, eps)
+    q = lora_param_count(r, W, T, d, D)
+    A = (c * T + 1) * math.log(2 * R + 2 * R0)
+    if A <= 0:
+        raise ValueError(f"A = (cT+1) log(2R + 2R0) = {A:.3g} is not positive (2R + 2R0 = {2 * R + 2 * R0:.3g} ≤ 1): "
+                         "the bound is undefined; increase M, nu or theta_pre_inf")
+    eps_t = 1 - math.sqrt(1 - delta)
+    return 4 * min(1.0, math.sqrt(q) * 6 * math.sqrt(A) / math.sqrt(N)) + math.sqrt(8 * math.log(2 / eps_t) / N)
+
+
+def box_radius(B: torch.Tensor, M: float) -> torch.Tensor:
+    """The exact ``sup_{|A_ij| ≤ M} ‖B A‖_∞ = M · max_i Σ_k |B_ik|`` (attained at ``A_kj = M sign B_ik``).
+
+    Parameters
+    ----------
+    B : ``(..., m, r)`` frozen factor(s); leading dimensions are draws.
+    M : box size ``> 0``.
+
+    Returns
+    -------
+    ``(...)`` tensor. Lemma 4's proof bounds ``|Σ_k B_ik A_kj|`` by ``M |Σ_k B_ik|`` instead, which is too small:
+    compare with :func:`lemma4_radius` and :func:`corrected_radius`.
+    """
+    _finite(B, "B")
+    if B.dim() < 2:
+        raise ValueError(f"B must have shape (..., m, r), got {tuple(B.shape)}")
+    M = _pos_float(M, "M")
+    return M * B.abs().sum(-1).amax(-1)
+
+
+def corrected_radius(M: float, nu: float, r: int, W: int, eps: float) -> float:
+    """A valid high-probability bound on :func:`box_radius` for ``B ∈ R^{W×r}`` with i.i.d. ``N(0, ν²)`` entries:
+
+    ``M ν (r √(2/π) + √(2 r log(W/ε)))``. Each row sum ``Σ_k |B_ik|`` is a ``ν√r``-Lipschitz function of a
+    Gaussian vector with mean ``ν r √(2/π)``, so Gaussian concentration and a union bound over the ``W`` rows give
+    probability ``≥ 1 − ε``. It grows like ``r``, not like ``√r`` as Lemma 4's ``R`` does.
+    """
+    M, nu = _pos_float(M, "M"), _pos_float(nu, "nu")
+    r, W = _pos_int(r, "r"), _pos_int(W, "W")
+    eps = _open01(eps, "eps")
+    return M * nu * (r * math.sqrt(2 / math.pi) + math.sqrt(2 * r * math.log(W / eps)))
+
+
+# -------------------------------------------------------------------------------------------- gap estimation
+def bounded_abs_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The 1-Lipschitz loss with values in ``[0, 1]``: ``min(1, ‖ŷ − y‖_1)`` over the last axis.
+
+    ``pred``, ``y``: ``(..., D)`` of equal shape → ``(...)``.
+    """
+    _finite(pred, "pred")
+    _finite(y, "y")
+    if pred.shape != y.shape:
+        raise ValueError(f"pred and y must have equal shapes, got {tuple(pred.shape)} and {tuple(y.shape)}")
+    return (pred - y).abs().sum(-1).clamp(max=1.0)
+
+
+def gap_estimate(train_losses: torch.Tensor, test_losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalisation gap of trained models, ``R̂_test − R^N``, and its Monte-Carlo standard error.
+
+    Parameters
+    ----------
+    train_losses : ``(..., N)`` losses in ``[0, 1]`` on the ``N`` training samples (the empirical risk is exact).
+    test_losses : ``(..., n_test)`` losses in ``[0, 1]`` on fresh samples (the risk ``R`` is estimated).
+
+    Returns
+    -------
+    ``(gap, stderr)``, each ``(...)``: ``mean(test) − mean(train)`` and ``std(test)/√n_test``.
+    """
+    for t, n in ((train_losses, "train_losses"), (test_losses, "test_losses")):
+        _finite(t, n)
+        if t.dim() < 1 or t.shape[-1] < 1:
+            raise ValueError(f"{n} must have shape (..., n) with n ≥ 1, got {tuple(t.shape)}")
+        if (t < 0).any() or (t > 1).any():
+            raise ValueError(f"{n} must lie in [0, 1] (a bounded loss)")
+    if train_losses.shape[:-1] != test_losses.shape[:-1]:
+        raise ValueError(f"leading shapes differ: {tuple(train_losses.shape[:-1])} vs {tuple(test_losses.shape[:-1])}")
+    if test_losses.shape[-1] < 2:
+        raise ValueError("test_losses needs at least 2 samples for a standard error")
+    gap = test_losses.mean(-1) - train_losses.mean(-1)
+    se = test_losses.std(-1) / math.sqrt(test_losses.shape[-1])
+    return gap, se
+
+
+def loglog_slope(x: Sequence[float], runs, *, n_boot: int = 2000, level: float = 0.95,
+                 generator: np.random.Generator | None = None) -> tuple[float, float, float]:
+    """Fitted exponent ``a`` of ``mean_runs(y) ≈ C x^a`` (least squares on log–log axes), with a bootstrap CI.
+
+    Parameters
+    ----------
+    x : ``n ≥ 2`` positive, distinct positions.
+    runs : ``(n_runs, n)`` array of measurements (single runs may be negative; their means must be positive).
+    n_boot : bootstrap resamples of the runs; ``level`` in (0, 1): the confidence level.
+
+    Returns
+    -------
+    ``(slope, lo, hi)``: the fit on the means and the percentile interval over resampled runs.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(runs.detach().cpu() if isinstance(runs, torch.Tensor) else runs, dtype=float)
+    if y.ndim == 1:
+        y = y[None]
+    if x.ndim != 1 or x.size < 2 or y.ndim != 2 or y.shape[1] != x.size:
+        raise ValueError(f"need x of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and runs must be finite (no NaN)")
+    if np.any(x <= 0) or np.unique(x).size != x.size:
+        raise ValueError("x must be positive and distinct")
+    _open01(level, "level")
+    n_boot = _pos_int(n_boot, "n_boot")
+    lx = np.log(x)
+
+    def fit(means):
+        if np.any(means <= 0):
+            return np.nan
+        return np.polyfit(lx, np.log(means), 1)[0]
+
+    slope = fit(y.mean(0))
+    if not np.isfinite(slope):
+        raise ValueError("the mean over runs must be positive at every x to fit a log-log slope")
+    rng = generator if generator is not None else np.random.default_rng(0)
+    idx = rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))
+    boots = np.array([fit(y[i].mean(0)) for i in idx])
+    boots = boots[np.isfinite(boots)]
+    a = (1 - level) / 2
+    lo, hi = (np.quantile(boots, [a, 1 - a]) if boots.size else (np.nan, np.nan))
+    return float(slope), float(lo), float(hi)
+
+
+def binomial_exceed_prob(N: int, s) -> np.ndarray:
+    """``P(s · |K/N − 1/2| > 1/N)`` for ``K ~ Binomial(N, 1/2)``, exactly.
+
+    In Theorem 2's setting (``d = D = 1``, zero biases, so ``f(0) = 0``; ``X ~ Bernoulli(1/2)``, ``Y = 0``,
+    loss ``|ŷ − y|``) the gap of a fixed ``f`` is ``|f(1)| · |K/N − 1/2|``, so with a witness ``|f(1)| = s`` this is
+    a lower bound on ``P(G > 1/N)``. ``s``: scalar or array of non-negative numbers; returns an array like ``s``.
+    """
+    from scipy.stats import binom
+
+    N = _pos_int(N, "N")
+    s = np.asarray(s, dtype=float)
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError("s must be finite and non-negative")
+    k = np.arange(N + 1)
+    pk = binom.pmf(k, N, 0.5)
+    dev = np.abs(k / N - 0.5)                                   # (N+1,)
+    hit = s[..., None] * dev > 1.0 / N + 1e-12
+    return (hit * pk).sum(-1)
+
+
+# ----------------------------------------------------------------------------- random-factor MLPs (batched)
+def make_mlp(d: int, W: int, T: int, D: int, *, generator: torch.Generator, bias: bool = True,
+             dtype: torch.dtype = torch.float64) -> dict:
+    """A "pretrained" ReLU MLP ``d → W (×T) → D`` with He-scaled Gaussian weights (drawn on the CPU).
+
+    Returns
+    -------
+    dict with ``weights``: list of ``T+1`` tensors ``(d_{t+1}, d_t)``, ``biases``: list of ``(d_{t+1},)`` (zeros
+    when ``bias=False``), ``dims``: ``[d, W, …, W, D]`` and ``theta_pre_inf`` = ``‖θ_pre‖_∞``.
+    """
+    d, W, T, D = (_pos_int(v, n) for v, n in ((d, "d"), (W, "W"), (T, "T"), (D, "D")))
+    dims = [d] + [W] * T + [D]
+    weights, biases = [], []
+    for t in range(T + 1):
+        fan_in = dims[t]
+        weights.append(torch.randn(dims[t + 1], fan_in, generator=generator, dtype=dtype) * math.sqrt(2 / fan_in))
+        b = 0.1 * torch.randn(dims[t + 1], generator=generator, dtype=dtype) if bias else torch.zeros(dims[t + 1], dtype=dtype)
+        biases.append(b)
+    theta_inf = max(max(w.abs().max().item() for w in weights), max(b.abs().max().item() for b in biases))
+    return {"weights": weights, "biases": biases, "dims": dims, "theta_pre_inf": theta_inf}
+
+
+def _check_mlp(mlp: dict) -> list[int]:
+    if not isinstance(mlp, dict) or not {"weights", "biases", "dims"} <= set(mlp):
+        raise ValueError("mlp must be a dict from make_mlp (keys weights, biases, dims)")
+    dims = mlp["dims"]
+    for t, (w, b) in enumerate(zip(mlp["weights"], mlp["biases"])):
+        _finite(w, f"weights[{t}]")
+        if w.shape != (dims[t + 1], dims[t]) or b.shape != (dims[t + 1],):
+            raise ValueError(f"layer {t} has weight {tuple(w.shape)} / bias {tuple(b.shape)}, expected "
+                             f"({dims[t + 1]}, {dims[t]}) / ({dims[t + 1]},)")
+    return dims
+
+
+def draw_factors(mlp: dict, r: int, n_draws: int, *, nu: float, generator: torch.Generator,
+                 side: str = "B", device: torch.device | None = None) -> list[torch.Tensor]:
+    """Frozen random LoRA factors with i.i.d. ``N(0, ν²)`` entries, one per layer, for ``n_draws`` draws.
+
+    ``side="B"``: ``B^{(t)}`` of shape ``(n_draws, d_{t+1}, r)`` (the paper); ``side="A"``: ``A^{(t)}`` of shape
+    ``(n_draws, r, d_t)`` (Zhu et al.). Drawn on the CPU with ``generator``, then moved to ``device``.
+    ``r`` must lie in ``[1, min over layers of min(d_t, d_{t+1})]``.
+    """
+    dims = _check_mlp(mlp)
+    r, n_draws = _pos_int(r, "r"), _pos_int(n_draws, "n_draws")
+    nu = _pos_float(nu, "nu")
+    if side not in ("A", "B"):
+        raise ValueError(f"side must be 'A' or 'B', got {side!r}")
+    dtype = mlp["weights"][0].dtype
+    out = []
+    for t in range(len(dims) - 1):
+        shape = (n_draws, dims[t + 1], r) if side == "B" else (n_draws, r, dims[t])
+        out.append((nu * torch.randn(shape, generator=generator, dtype=dtype)).to(device or torch.device("cpu")))
+    return out
+
+
+def lora_mlp_forward(x: torch.Tensor, mlp: dict, Bs: Sequence[torch.Tensor], As: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Batched LoRA MLP of eq. (2): ``f(x) = (W + BA) x + b`` layer by layer with ReLU between layers.
+
+    Parameters
+    ----------
+    x : ``(n, d)`` shared inputs or ``(S, n, d)`` one input set per batch slice.
+    mlp : from :func:`make_mlp` (weights are broadcast over the batch).
+    Bs : ``T+1`` tensors ``(S, d_{t+1}, r)``; As : ``T+1`` tensors ``(S, r, d_t)``.
+
+    Returns
+    -------
+    ``(S, n, D)`` outputs.
+    """
+    dims = _check_mlp(mlp)
+    L = len(dims) - 1
+    if len(Bs) != L or len(As) != L:
+        raise ValueError(f"need {L} factors B and A (one per layer), got {len(Bs)} and {len(As)}")
+    S = Bs[0].shape[0]
+    for t in range(L):
+        if Bs[t].dim() != 3 or As[t].dim() != 3 or Bs[t].shape[0] != S or As[t].shape[0] != S:
+            raise ValueError(f"layer {t}: factors must be (S, ., .) with a common S; got {tuple(Bs[t].shape)}, {tuple(As[t].shape)}")
+        if Bs[t].shape[1] != dims[t + 1] or As[t].shape[2] != dims[t] or Bs[t].shape[2] != As[t].shape[1]:
+            raise ValueError(f"layer {t}: B {tuple(Bs[t].shape)} and A {tuple(As[t].shape)} do not fit "
+                             f"a ({dims[t + 1]}, {dims[t]}) weight")
+    if x.dim() == 2:
+        x = x.unsqueeze(0).expand(S, -1, -1)
+    if x.dim() != 3 or x.shape[0] != S or x.shape[2] != dims[0]:
+        raise ValueError(f"x must be (n, {dims[0]}) or ({S}, n, {dims[0]}), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or infinite entries")
+    h = x
+    for t in range(L):
+        w, b = mlp["weights"][t], mlp["biases"][t]
+        h = h @ w.T + (h @ As[t].transpose(1, 2)) @ Bs[t].transpose(1, 2) + b
+        if t < L - 1:
+            h = torch.relu(h)
+    return h
+
+
+def train_frozen_factor(mlp: dict, frozen: Sequence[torch.Tensor], X: torch.Tensor, Y: torch.Tensor, *,
+                        M: float, steps: int, lr: float = 1e-2, side: str = "A", progress: bool | str = False
+                        ) -> list[torch.Tensor]:
+    """Train the free factor of an asymmetric LoRA MLP on ``(X, Y)`` by batched Adam on the mean squared error,
+    projecting onto the box ``|entries| ≤ M`` after every step (Setting 1).
+
+    Parameters
+    ----------
+    frozen : the frozen factors from :func:`draw_factors` (``B``s when ``side="A"`` trains ``A``; ``A``s when
+        ``side="B"`` trains ``B``), each with leading batch dimension ``S``.
+    X : ``(S, N, d)`` (or ``(N, d)`` shared); Y : matching ``(S, N, D)`` (or ``(N, D)``).
+    M : box size; steps, lr : Adam settings.
+
+    Returns
+    -------
+    The trained factors (zeros at start), ``T+1`` tensors with leading dimension ``S``, detached.
+    """
+    dims = _check_mlp(mlp)
+    M = _pos_float(M, "M")
+    if side not in ("A", "B"):
+        raise ValueError(f"side must be 'A' (train A, B frozen) or 'B' (train B, A frozen), got {side!r}")
+    _finite(X, "X")
+    _finite(Y, "Y")
+    if X.shape[:-1] != Y.shape[:-1] or Y.shape[-1] != dims[-1]:
+        raise ValueError(f"X {tuple(X.shape)} and Y {tuple(Y.shape)} do not match (Y needs last dimension {dims[-1]})")
+    S, r = frozen[0].shape[0], (frozen[0].shape[2] if side == "A" else frozen[0].shape[1])
+    dt, dev = frozen[0].dtype, frozen[0].device
+    free = []
+    for t in range(len(dims) - 1):
+        shape = (S, r, dims[t]) if side == "A" else (S, dims[t + 1], r)
+        free.append(torch.zeros(shape, dtype=dt, device=dev))
+
+    def loss_fn(step):
+        Bs, As = (frozen, free) if side == "A" else (free, frozen)
+        pred = lora_mlp_forward(X, mlp, Bs, As)
+        return (pred - Y).square().sum(-1).mean(-1)
+
+    def project():
+        for p in free:
+            p.clamp_(-M, M)
+
+    batched_adam(free, loss_fn, steps, lr, project=project, progress=progress)
+    return [p.detach() for p in free]
+
+
+def lipschitz_ratio(x: torch.Tensor, mlp: dict, Bs: Sequence[torch.Tensor], A1: Sequence[torch.Tensor],
+                    A2: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Empirical Lipschitz ratio of the parameter-to-LoRA map: ``‖f_{A1} − f_{A2}‖_∞ / ‖A1 − A2‖_∞``.
+
+    The sup over inputs is taken over the rows of ``x`` ``(n, d)``; parameter distance is the max-entry norm over
+    all layers. Shapes as in :func:`lora_mlp_forward`; returns ``(S,)``.
+    """
+    num = (lora_mlp_forward(x, mlp, Bs, A1) - lora_mlp_forward(x, mlp, Bs, A2)).abs().amax((-1, -2))
+    den = torch.stack([(a - b).abs().amax((-1, -2)) for a, b in zip(A1, A2)]).amax(0)
+    if (den == 0).any():
+        raise ValueError("A1 and A2 coincide in some slice: the ratio is undefined")
+    return num / den
+
+
+# ------------------------------------------------------------------------- MiniLM's last layer, functional
+@torch.no_grad()
+def minilm_head_cache(texts: list[str], *, layer: int = 5, max_length: int = 64, batch_size: int = 128,
+                      progress: bool = False) -> dict:
+    """Cache what MiniLM's last feed-forward output layer (``encoder.layer[5].output.dense``, 1536 → 384) sees.
+
+    Only this layer is adapted, so everything below it is frozen and run once. Snippets are tokenised as in
+    :func:`lorabook.data.hidden_before_layer` (truncated to ``max_length`` tokens) but batched by length and padded
+    only to the longest snippet of a batch (about 3× cheaper than padding to 64); padding tokens are dropped.
+
+    Returns
+    -------
+    dict with ``h`` ``(n_tok, 1536)`` (the GELU activations entering the dense layer), ``base`` ``(n_tok, 384)``
+    (``W₀h + b`` plus the residual), ``seg`` ``(n_tok,)`` snippet index of each token and ``n`` snippets.
+    """
+    from tqdm import tqdm
+
+    from .data import attention_bias, load_minilm
+
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a non-empty list of strings")
+    tok, model = load_minilm()
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(model.encoder.layer):
+        raise ValueError(f"layer must be an integer in [0, {len(model.encoder.layer) - 1}], got {layer!r}")
+    blk = model.encoder.layer[layer]
+    lengths = [len(ids) for ids in tok(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    hs, bases, segs = [], [], []
+    for i in tqdm(range(0, len(texts), batch_size), desc="MiniLM", disable=not progress, leave=False):
+        idx = order[i:i + batch_size]
+        b = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        hidden = model(**b, output_hidden_states=True).hidden_states[layer]
+        mb = b["attention_mask"]
+        att = blk.attention(hidden, attention_mask=attention_bias(mb, hidden.dtype))[0]
+        inter = blk.intermediate(att)
+        keep = mb.bool()
+        hs.append(inter[keep])
+        bases.append((blk.output.dense(inter) + att)[keep])
+        segs.append(torch.as_tensor(idx)[torch.nonzero(keep)[:, 0]])
+    return {"h": torch.cat(hs), "base": torch.cat(bases), "seg": torch.cat(segs), "n": len(texts)}
+
+
+def init_head_factors(modes: Sequence[str], ranks: Sequence[int], r_max: int, *, d_in: int = 1536, d_out: int = 384,
+                      generator: torch.Generator, dtype: torch.dtype = torch.float32) -> dict:
+    """Initial factors of a batch of LoRA configurations, with :class:`lorabook.lora.LoRALinear`'s conventions.
+
+    ``"both"``: ``A ~ N(0, 1/d_in)``, ``B = 0``; ``"A"``: ``B ~ N(0, 1/r)`` frozen, ``A = 0``; ``"B"``: ``A ~ N(0, 1/d_in)``
+    frozen, ``B = 0``. Ranks are padded to ``r_max`` and masked. Returns dict with ``A`` ``(S, r_max, d_in)``,
+    ``B`` ``(S, d_out, r_max)``, ``train_A``, ``train_B`` ``(S,)`` 0/1 and ``rank_mask`` ``(S, r_max)``.
+    """
+    if len(modes) != len(ranks) or len(modes) == 0:
+        raise ValueError("modes and ranks must be non-empty and of equal length")
+    r_max = _pos_int(r_max, "r_max")
+    S = len(modes)
+    A = torch.zeros(S, r_max, d_in, dtype=dtype)
+    B = torch.zeros(S, d_out, r_max, dtype=dtype)
+    tA, tB = torch.zeros(S, dtype=dtype), torch.zeros(S, dtype=dtype)
+    for i, (m, r) in enumerate(zip(modes, ranks)):
+        if m not in MODES:
+            raise ValueError(f"mode {m!r} is not one of {MODES}")
+        r = _pos_int(r, "rank")
+        if r > r_max:
+            raise ValueError(f"rank={r} is out of range: it must lie in [1, r_max={r_max}]")
+        gA = torch.randn(r_max, d_in, generator=generator, dtype=dtype) / math.sqrt(d_in)
+        gB = torch.randn(d_out, r_max, generator=generator, dtype=dtype) / math.sqrt(r)
+        if m in ("both", "B"):
+            A[i] = gA
+        if m == "A":
+            B[i] = gB
+        tA[i], tB[i] = float(m in ("both", "A")), float(m in ("both", "B"))
+    mask = (torch.arange(r_max)[None] < torch.as_tensor(list(ranks))[:, None]).to(dtype)
+    return {"A": A, "B": B, "train_A": tA, "train_B": tB, "rank_mask": mask}
+
+
+def minilm_head_logits(cache: dict, A: torch.Tensor, B: torch.Tensor, rank_mask: torch.Tensor,
+                       directions: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-shot logits of MiniLM with ``ΔW = B A`` on its last dense layer, for ``S`` adapters at once.
+
+    Per token: ``LayerNorm(base + B A h)``; then mean pooling per snippet and
+    :func:`lorabook.data.zero_shot_logit`. ``A`` ``(S, r, 1536)``, ``B`` ``(S, 384, r)``, ``rank_mask`` ``(S, r)``;
+    returns ``(S, n)``. Equals running the layer with a :class:`lorabook.lora.LoRALinear` (``alpha=None``).
+    """
+    from .data import label_directions, load_minilm
+
+    if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
+        raise ValueError(f"A must be (S, r, d_in) and B (S, d_out, r); got {tuple(A.shape)} and {tuple(B.shape)}")
+    if rank_mask.shape != A.shape[:2]:
+        raise ValueError(f"rank_mask must have shape {tuple(A.shape[:2])}, got {tuple(rank_mask.shape)}")
+    h, base, seg, n = cache["h"], cache["base"], cache["seg"], cache["n"]
+    if A.shape[2] != h.shape[1] or B.shape[1] != base.shape[1]:
+        raise ValueError(f"factor sizes {tuple(A.shape)}, {tuple(B.shape)} do not fit the cached layer {h.shape[1]} → {base.shape[1]}")
+    _, model = load_minilm()
+    ln = model.encoder.layer[-1].output.LayerNorm
+    S, r = A.shape[:2]
+    P = h @ (A * rank_mask[..., None]).reshape(S * r, -1).T                     # one GEMM for all adapters
+    z = P.view(-1, S, r).transpose(0, 1) @ B.transpose(1, 2)                     # (S, n_tok, 384)
+    out = torch.nn.functional.layer_norm(base + z, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    pooled = torch.zeros(S, n, out.shape[-1], dtype=out.dtype).index_add_(1, seg, out)
+    counts = torch.zeros(n, dtype=out.dtype).index_add_(0, seg, torch.ones_like(seg, dtype=out.dtype))
+    pooled = pooled / counts[None, :, None]
+    d = label_directions() if directions is None else directions
+    e = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (e @ d[0] - e @ d[1]) / 0.05
+
+
+# --------------------------------------------------------------------------------- the chapter's sweep unit
+def teacher_student_gaps(config: dict, *, progress: bool | str = False) -> dict:
+    """One teacher–student run of the chapter, batched over ``draws`` independent draws of (data, frozen ``B``).
+
+    ``config`` keys: ``d, W, T, D`` (network), ``r`` (rank), ``N`` (training samples), ``draws``, ``steps``, ``lr``,
+    ``M`` (box), ``nu`` (std of ``B``), ``noise`` (label noise std), ``n_test``, ``seed``, ``dtype`` (``"float32"`` or
+    ``"float64"``). The pretrained network and the teacher (another random MLP) depend only on ``seed``; every draw
+    gets its own training set, test set and frozen factors. The learner trains ``A`` (``|A_ij| ≤ M``) on the squared
+    error; gaps are measured with :func:`bounded_abs_loss`.
+
+    Returns
+    -------
+    dict of numpy arrays over draws: ``gap``, ``se`` (Monte-Carlo error of the test risk), ``train``, ``test``
+    (risks), plus ``theta_pre_inf`` and ``max_abs_A`` (to check the box).
+    """
+    need = {"d", "W", "T", "D", "r", "N", "draws", "steps", "lr", "M", "nu", "noise", "n_test", "seed", "dtype"}  # others ignored
+    if not isinstance(config, dict) or not need <= set(config):
+        raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(config["dtype"])
+    if dtype is None:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {config['dtype']!r}")
+    from .config import device
+
+    dev = device()
+    g = torch.Generator().manual_seed(int(config["seed"]))
+    d, W, T, D = config["d"], config["W"], config["T"], config["D"]
+    mlp = make_mlp(d, W, T, D, generator=g, dtype=dtype)
+    teacher = make_mlp(d, W, T, D, generator=g, dtype=dtype)
+    g = torch.Generator().manual_seed(int(config["seed"]) * 7919 + 31 * int(config["N"]) + int(config["r"]))
+    S, N = _pos_int(config["draws"], "draws"), _pos_int(config["N"], "N")
+    to = lambda m: {**m, "weights": [w.to(dev) for w in m["weights"]], "biases": [b.to(dev) for b in m["biases"]]}
+    mlp_d, teacher_d = to(mlp), to(teacher)
+    zeros = lambda n: ([torch.zeros(S, w.shape[0], 1, dtype=dtype, device=dev) for w in mlp["weights"]],
+                       [torch.zeros(S, 1, w.shape[1], dtype=dtype, device=dev) for w in mlp["weights"]])
+
+    def sample(n):
+        X = torch.rand(S, n, d, generator=g, dtype=dtype).to(dev)
+        eps = config["noise"] * torch.randn(S, n, D, generator=g, dtype=dtype).to(dev)
+        with torch.no_grad():
+            return X, lora_mlp_forward(X, teacher_d, *zeros(n)) + eps
+
+    X, Y = sample(N)
+    Xt, Yt = sample(_pos_int(config["n_test"], "n_test"))
+    Bs = draw_factors(mlp, config["r"], S, nu=config["nu"], generator=g, device=dev)
+    As = train_frozen_factor(mlp_d, Bs, X, Y, M=config["M"], steps=config["steps"], lr=config["lr"], progress=progress)
+    with torch.no_grad():
+        tr = bounded_abs_loss(lora_mlp_forward(X, mlp_d, Bs, As), Y)
+        te = bounded_abs_loss(lora_mlp_forward(Xt, mlp_d, Bs, As), Yt)
+        gap, se = gap_estimate(tr, te)
+    f = lambda t: t.double().cpu().numpy()
+    return {"gap": f(gap), "se": f(se), "train": f(tr.mean(-1)), "test": f(te.mean(-1)),
+            "theta_pre_inf": mlp["theta_pre_inf"], "max_abs_A": max(a.abs().max().item() for a in As)}
+
+
+def output_witness(mlp: dict, Bs: Sequence[torch.Tensor], M, *, target: float = 1.0, steps: int = 500,
+                   lr: float = 0.05, progress: bool | str = False) -> torch.Tensor:
+    """Theorem 2's witness: train ``A`` (``|A_ij| ≤ M``) so that the LoRA MLP has ``|f(1)| ≥ target``
+    (projected Adam on the hinge ``max(0, target − |f(1)|)²``).
+
+    For ``d = D = 1`` and zero biases ``f(0) = 0``, so a network with ``|f(1)| = s`` has gap ``s |K/N − 1/2|`` on
+    Bernoulli(1/2) inputs with targets 0; ``s ≥ 1`` plays the role of the paper's identity emulation (whose
+    pseudo-inverse construction needs ``B B^† = I``, false for a tall ``B``; we optimise instead).
+
+    Parameters
+    ----------
+    mlp : from :func:`make_mlp` with ``d = D = 1``; Bs : frozen factors ``(S, d_{t+1}, r)``.
+    M : box size, scalar or ``(S,)`` tensor (one per draw).
+    lr : Adam step size relative to ``M`` (the step of slice ``s`` is ``lr · M_s``, so small boxes are not overshot
+        into dead-ReLU regions).
+
+    Returns
+    -------
+    ``(S,)`` tensor ``s = |f(1)|`` at the trained, admissible ``A``.
+    """
+    dims = _check_mlp(mlp)
+    if dims[0] != 1 or dims[-1] != 1:
+        raise ValueError(f"Theorem 2 needs d = D = 1, got d={dims[0]}, D={dims[-1]}")
+    if any((b != 0).any() for b in mlp["biases"]):
+        raise ValueError("Theorem 2's construction needs zero biases (make_mlp(..., bias=False))")
+    S, r = Bs[0].shape[0], Bs[0].shape[2]
+    dt, dev = Bs[0].dtype, Bs[0].device
+    Mt = torch.as_tensor(M, dtype=dt, device=dev)
+    if Mt.dim() == 0:
+        Mt = Mt.expand(S)
+    if Mt.shape != (S,) or not torch.isfinite(Mt).all() or (Mt <= 0).any():
+        raise ValueError(f"M must be positive: a scalar or a ({S},) tensor")
+    As = [torch.zeros(S, r, dims[t], dtype=dt, device=dev) for t in range(len(dims) - 1)]
+    one = torch.ones(1, 1, dtype=dt, device=dev)
+
+    def loss_fn(step):
+        return (target - lora_mlp_forward(one, mlp, Bs, As)[:, 0, 0].abs()).clamp(min=0).square()
+
+    def project():
+        for a in As:
+            torch.minimum(torch.maximum(a, -Mt.view(S, 1, 1)), Mt.view(S, 1, 1), out=a)
+
+    batched_adam(As, loss_fn, steps, lr * Mt, project=project, progress=progress)
+    with torch.no_grad():
+        return lora_mlp_forward(one, mlp, Bs, [a.detach() for a in As])[:, 0, 0].abs()
+
+
+def chapter_setting(scale) -> dict:
+    """The synthetic teacher–student setting shared by the chapter's sections (a base config for
+    :func:`teacher_student_gaps`; ``r`` and ``N`` are filled in per experiment).
+
+    ``d = 4`` inputs uniform on ``[0, 1]^4``, ``T = 2`` hidden ReLU layers of width ``W = 16``, ``D = 1`` output, frozen
+    ``B ~ N(0, 0.5²)``, box ``M = 1``, label noise 0.5, draws and steps from ``scale``. These constants are ours.
+    """
+    return {
+        "d": 4, "W": 16, "T": 2, "D": 1, "M": 1.0, "nu": 0.5, "noise": 0.5, "lr": 2e-2, "seed": 0,
+        "dtype": "float32", "draws": scale.pick(quick=16, default=64, paper=256),
+        "steps": scale.pick(quick=150, default=300, paper=1000), "n_test": scale.pick(quick=1000, default=4000, paper=20000),
+        "version": 1, "scale": scale.name,
+    }
+
+
+def gap_sweep(base: dict, pairs: Sequence[tuple[int, int]], *, progress: bool = True) -> dict:
+    """Run :func:`teacher_student_gaps` for each ``(r, N)`` in ``pairs`` (cached on disk by
+    :func:`lorabook.train.cached_sweep`, keyed by the full config). Returns ``{(r, N): result}``."""
+    from .train import cached_sweep
+
+    pairs = [(int(r), int(N)) for r, N in pairs]
+    for r, N in pairs:
+        if not 1 <= r < base["W"]:
+            raise ValueError(f"rank r={r} is out of range: Setting 1 needs 1 ≤ r < W = {base['W']}")
+        _pos_int(N, "N")
+    configs = [dict(base, r=r, N=N) for r, N in pairs]
+    results = cached_sweep("ch3_gaps", configs, teacher_student_gaps, progress=progress)
+    return dict(zip(pairs, results))
+
+
+def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
+    """One data seed of the real-model experiment: LoRA on MiniLM's last dense layer, three modes × ranks, trained
+    on nested balanced subsets of Rotten Tomatoes snippets, evaluated with the 0–1 loss (no dropout).
+
+    ``config`` keys: ``seed`` (data subset and random factors), ``n_per_class`` (list of training sizes per class,
+    nested), ``n_test``, ``ranks``, ``modes``, ``steps``, ``lr``. Training minimises the logistic loss of the zero-shot
+    logit (:func:`lorabook.data.zero_shot_logit`) by batched Adam, one batched program per training size; the
+    frozen factors get zero gradient. Returns dict with ``train_err``, ``test_err`` arrays
+    ``(len(n_per_class), len(modes)·len(ranks))`` (configs ordered mode-major), ``zero_shot_test_err`` and the
+    config lists.
+    """
+    from .data import label_directions, rotten_tomatoes_split
+
+    need = {"seed", "n_per_class", "n_test", "ranks", "modes", "steps", "lr"}
+    if not isinstance(config, dict) or not need <= set(config):
+        raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")
+    sizes = sorted(int(n) for n in config["n_per_class"])
+    split = rotten_tomatoes_split(sizes[-1], int(config["n_test"]), int(config["seed"]))
+    n_max = sizes[-1]
+    c_all = minilm_head_cache(split["train_texts"])
+    c_te = minilm_head_cache(split["test_texts"])
+    y_all = torch.as_tensor(split["train_labels"], dtype=torch.float32)
+    y_te = torch.as_tensor(split["test_labels"], dtype=torch.float32)
+    dirs = label_directions()
+    modes = [m for m in config["modes"] for _ in config["ranks"]]
+    ranks = [int(r) for _ in config["modes"] for r in config["ranks"]]
+    r_max = max(ranks)
+    g = torch.Generator().manual_seed(int(config["seed"]) + 1)
+    f = init_head_factors(modes, ranks, r_max, generator=g)
+    tA, tB = f["train_A"][:, None, None], f["train_B"][:, None, None]
+    with torch.no_grad():
+        zs = minilm_head_logits(c_te, f["A"][:1] * 0, f["B"][:1] * 0, f["rank_mask"][:1], dirs)
+    zero_shot = float(((zs[0] > 0).float() != y_te).float().mean())
+    train_err, test_err = [], []
+    for n in sizes:
+        keep = torch.as_tensor(list(range(n)) + list(range(n_max, n_max + n)))      # first n of each class
+        tok = torch.isin(c_all["seg"], keep)
+        remap = torch.full((c_all["n"],), -1, dtype=torch.long)
+        remap[keep] = torch.arange(len(keep))
+        c_tr = {"h": c_all["h"][tok], "base": c_all["base"][tok], "seg": remap[c_all["seg"][tok]], "n": len(keep)}
+        y_tr = y_all[keep]
+        A, B = f["A"].clone(), f["B"].clone()
+
+        def eff():
+            return tA * A + (1 - tA) * f["A"], tB * B + (1 - tB) * f["B"]
+
+        def loss_fn(step):
+            lg = minilm_head_logits(c_tr, *eff(), f["rank_mask"], dirs)
+            return torch.nn.functional.binary_cross_entropy_with_logits(lg, y_tr.expand_as(lg), reduction="none").mean(1)
+
+        batched_adam([A, B], loss_fn, int(config["steps"]), float(config["lr"]),
+                     progress=f"{progress} N={2 * n}" if isinstance(progress, str) else progress)
+        with torch.no_grad():
+            Ae, Be = eff()
+            train_err.append(((minilm_head_logits(c_tr, Ae, Be, f["rank_mask"], dirs) > 0).float() != y_tr).float().mean(1))
+            test_err.append(((minilm_head_logits(c_te, Ae, Be, f["rank_mask"], dirs) > 0).float() != y_te).float().mean(1))
+    return {"train_err": torch.stack(train_err).numpy(), "test_err": torch.stack(test_err).numpy(),
+            "zero_shot_test_err": zero_shot, "modes": modes, "ranks": ranks, "N": [2 * n for n in sizes]}

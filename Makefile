@@ -40,7 +40,7 @@ book: env
 	@echo "== book built: open _build/html/index.html =="
 
 unit: env
-	$(BIN)/python -m pytest -q -n auto tests/
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto tests/
 
 pairing: env
 	$(BIN)/python tools/notebooks.py check

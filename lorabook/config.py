@@ -124,5 +124,6 @@ def cache_dir() -> Path | None:
 def describe() -> str:
     """One line naming the scale, the device and the torch version, printed at the top of each notebook."""
     dev = device()
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({n} thread{'' if n == 1 else 's'})"
     return f"scale={get_scale().name} · device={name} · torch {torch.__version__}"

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .checks import check_positive_int
 from .train import batched_adam
 
 __all__ = [
@@ -40,12 +41,6 @@ MODES = ("A", "B", "both")
 
 
 # ----------------------------------------------------------------------------------------------- validation
-def _pos_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
-
-
 def _pos_float(v, name: str) -> float:
     try:
         f = float(v)
@@ -83,7 +78,7 @@ def lora_param_count(r: int, W: int, T: int, d: int, D: int) -> int:
     All arguments are positive integers. (Counting the entries of ``A^{(t)} ∈ R^{r×d_t}``, ``t = 1..T+1``,
     directly gives ``r(d + TW)``; we keep the paper's formula, as the issue asks.)
     """
-    r, W, T, d, D = (_pos_int(v, n) for v, n in ((r, "r"), (W, "W"), (T, "T"), (d, "d"), (D, "D")))
+    r, W, T, d, D = (check_positive_int(v, n) for v, n in ((r, "r"), (W, "W"), (T, "T"), (d, "d"), (D, "D")))
     return r * (W * (T - 1) + d + D)
 
 
@@ -93,7 +88,7 @@ def lemma4_radius(M: float, nu: float, r: int, W: int, eps: float) -> float:
     ``M, ν > 0``; ``r, W`` positive integers; ``ε ∈ (0, 1)``.
     """
     M, nu = _pos_float(M, "M"), _pos_float(nu, "nu")
-    r, W = _pos_int(r, "r"), _pos_int(W, "W")
+    r, W = check_positive_int(r, "r"), check_positive_int(W, "W")
     eps = _open01(eps, "eps")
     return M * nu * math.sqrt(2 * r * math.log(2 * W / eps))
 
@@ -110,8 +105,8 @@ def kratsios_upper_bound(*, r: int, N: int, delta: float, T: int, W: int, d: int
     ``θ_pre_inf < 0``, ``c ≤ 0``) and when ``A ≤ 0`` (then ``√A`` and the bound are undefined).
     Returns a float ≥ 0 (values ≥ 1 are vacuous for a loss in [0, 1]).
     """
-    N = _pos_int(N, "N")
-    T, W, d, D = (_pos_int(v, n) for v, n in ((T, "T"), (W, "W"), (d, "d"), (D, "D")))
+    N = check_positive_int(N, "N")
+    T, W, d, D = (check_positive_int(v, n) for v, n in ((T, "T"), (W, "W"), (d, "d"), (D, "D")))
     delta = _open01(delta, "delta", right_closed=True)
     c = _pos_float(c, "c")
     try:
@@ -158,7 +153,7 @@ def corrected_radius(M: float, nu: float, r: int, W: int, eps: float) -> float:
     probability ``≥ 1 − ε``. It grows like ``r``, not like ``√r`` as Lemma 4's ``R`` does.
     """
     M, nu = _pos_float(M, "M"), _pos_float(nu, "nu")
-    r, W = _pos_int(r, "r"), _pos_int(W, "W")
+    r, W = check_positive_int(r, "r"), check_positive_int(W, "W")
     eps = _open01(eps, "eps")
     return M * nu * (r * math.sqrt(2 / math.pi) + math.sqrt(2 * r * math.log(W / eps)))
 
@@ -228,7 +223,7 @@ def loglog_slope(x: Sequence[float], runs, *, n_boot: int = 2000, level: float =
     if np.any(x <= 0) or np.unique(x).size != x.size:
         raise ValueError("x must be positive and distinct")
     _open01(level, "level")
-    n_boot = _pos_int(n_boot, "n_boot")
+    n_boot = check_positive_int(n_boot, "n_boot")
     lx = np.log(x)
 
     def fit(means):
@@ -257,7 +252,7 @@ def binomial_exceed_prob(N: int, s) -> np.ndarray:
     """
     from scipy.stats import binom
 
-    N = _pos_int(N, "N")
+    N = check_positive_int(N, "N")
     s = np.asarray(s, dtype=float)
     if not np.all(np.isfinite(s)) or np.any(s < 0):
         raise ValueError("s must be finite and non-negative")
@@ -278,7 +273,7 @@ def make_mlp(d: int, W: int, T: int, D: int, *, generator: torch.Generator, bias
     dict with ``weights``: list of ``T+1`` tensors ``(d_{t+1}, d_t)``, ``biases``: list of ``(d_{t+1},)`` (zeros
     when ``bias=False``), ``dims``: ``[d, W, …, W, D]`` and ``theta_pre_inf`` = ``‖θ_pre‖_∞``.
     """
-    d, W, T, D = (_pos_int(v, n) for v, n in ((d, "d"), (W, "W"), (T, "T"), (D, "D")))
+    d, W, T, D = (check_positive_int(v, n) for v, n in ((d, "d"), (W, "W"), (T, "T"), (D, "D")))
     dims = [d] + [W] * T + [D]
     weights, biases = [], []
     for t in range(T + 1):
@@ -311,7 +306,7 @@ def draw_factors(mlp: dict, r: int, n_draws: int, *, nu: float, generator: torch
     ``r`` must lie in ``[1, min over layers of min(d_t, d_{t+1})]``.
     """
     dims = _check_mlp(mlp)
-    r, n_draws = _pos_int(r, "r"), _pos_int(n_draws, "n_draws")
+    r, n_draws = check_positive_int(r, "r"), check_positive_int(n_draws, "n_draws")
     nu = _pos_float(nu, "nu")
     if side not in ("A", "B"):
         raise ValueError(f"side must be 'A' or 'B', got {side!r}")
@@ -473,7 +468,7 @@ def init_head_factors(modes: Sequence[str], ranks: Sequence[int], r_max: int, *,
     """
     if len(modes) != len(ranks) or len(modes) == 0:
         raise ValueError("modes and ranks must be non-empty and of equal length")
-    r_max = _pos_int(r_max, "r_max")
+    r_max = check_positive_int(r_max, "r_max")
     S = len(modes)
     A = torch.zeros(S, r_max, d_in, dtype=dtype)
     B = torch.zeros(S, d_out, r_max, dtype=dtype)
@@ -481,7 +476,7 @@ def init_head_factors(modes: Sequence[str], ranks: Sequence[int], r_max: int, *,
     for i, (m, r) in enumerate(zip(modes, ranks)):
         if m not in MODES:
             raise ValueError(f"mode {m!r} is not one of {MODES}")
-        r = _pos_int(r, "rank")
+        r = check_positive_int(r, "rank")
         if r > r_max:
             raise ValueError(f"rank={r} is out of range: it must lie in [1, r_max={r_max}]")
         gA = torch.randn(r_max, d_in, generator=generator, dtype=dtype) / math.sqrt(d_in)
@@ -555,7 +550,7 @@ def teacher_student_gaps(config: dict, *, progress: bool | str = False) -> dict:
     mlp = make_mlp(d, W, T, D, generator=g, dtype=dtype)
     teacher = make_mlp(d, W, T, D, generator=g, dtype=dtype)
     g = torch.Generator().manual_seed(int(config["seed"]) * 7919 + 31 * int(config["N"]) + int(config["r"]))
-    S, N = _pos_int(config["draws"], "draws"), _pos_int(config["N"], "N")
+    S, N = check_positive_int(config["draws"], "draws"), check_positive_int(config["N"], "N")
     to = lambda m: {**m, "weights": [w.to(dev) for w in m["weights"]], "biases": [b.to(dev) for b in m["biases"]]}
     mlp_d, teacher_d = to(mlp), to(teacher)
     zeros = lambda n: ([torch.zeros(S, w.shape[0], 1, dtype=dtype, device=dev) for w in mlp["weights"]],
@@ -568,7 +563,7 @@ def teacher_student_gaps(config: dict, *, progress: bool | str = False) -> dict:
             return X, lora_mlp_forward(X, teacher_d, *zeros(n)) + eps
 
     X, Y = sample(N)
-    Xt, Yt = sample(_pos_int(config["n_test"], "n_test"))
+    Xt, Yt = sample(check_positive_int(config["n_test"], "n_test"))
     Bs = draw_factors(mlp, config["r"], S, nu=config["nu"], generator=g, device=dev)
     As = train_frozen_factor(mlp_d, Bs, X, Y, M=config["M"], steps=config["steps"], lr=config["lr"], progress=progress)
     with torch.no_grad():
@@ -651,7 +646,7 @@ def gap_sweep(base: dict, pairs: Sequence[tuple[int, int]], *, progress: bool = 
     for r, N in pairs:
         if not 1 <= r < base["W"]:
             raise ValueError(f"rank r={r} is out of range: Setting 1 needs 1 ≤ r < W = {base['W']}")
-        _pos_int(N, "N")
+        check_positive_int(N, "N")
     configs = [dict(base, r=r, N=N) for r, N in pairs]
     results = cached_sweep("ch3_gaps", configs, teacher_student_gaps, progress=progress)
     return dict(zip(pairs, results))

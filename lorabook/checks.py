@@ -54,6 +54,13 @@ def claim(statement: str, condition: Any, **numbers: Any) -> None:
     print(f"✓ {statement}")
 
 
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` as an ``int`` if it is a positive integer (Python or NumPy), else raise ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def rel_err(a: Any, b: Any, floor: float = 1e-12) -> float:
     """Relative error ``|a - b| / max(|b|, floor)`` of two scalars (or the max over two arrays, elementwise)."""
     a_ = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=float)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_positive_int
+
 #: Label phrases of the zero-shot head: label 1 (fresh) ↔ first phrase, label 0 (rotten) ↔ second.
 LABEL_PHRASES = ("a great movie", "a terrible movie")
 
@@ -67,9 +69,8 @@ def rotten_tomatoes_split(n_train_per_class: int, n_test: int, seed: int) -> dic
     ``(n_test,)``.
     """
     texts, labels = _rotten_tomatoes()
-    for name, v in (("n_train_per_class", n_train_per_class), ("n_test", n_test)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_positive_int(n_train_per_class, "n_train_per_class")
+    check_positive_int(n_test, "n_test")
     n_min = int(min(labels.sum(), (1 - labels).sum()))
     if n_train_per_class > n_min:
         raise ValueError(f"n_train_per_class={n_train_per_class} exceeds the smaller class ({n_min} snippets)")

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .checks import check_positive_int
 from .config import few_threads
 
 LOSSES = ("mse", "logistic")
@@ -46,19 +47,13 @@ LOSSES = ("mse", "logistic")
 # ----------------------------------------------------------------------------------------------------------
 # rank conditions
 # ----------------------------------------------------------------------------------------------------------
-def _check_pos_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return v
-
-
 def rank_threshold(K: int, N: int) -> int:
     """The smallest LoRA rank ``r`` with ``r(r+1)/2 > K·N`` (Theorem 4.1: no spurious local minima).
 
     ``K`` (output dimension) and ``N`` (number of samples) must be positive integers.
     """
-    _check_pos_int(K, "K")
-    _check_pos_int(N, "N")
+    check_positive_int(K, "K")
+    check_positive_int(N, "N")
     r = int(math.isqrt(2 * K * N))
     while r * (r + 1) // 2 <= K * N:
         r += 1
@@ -480,7 +475,7 @@ def _proximal_gradient(problem: LinearisedProblem, steps: int, *, lr: float | No
     -------
     :class:`ProxResult`.
     """
-    _check_pos_int(steps, "steps")
+    check_positive_int(steps, "steps")
     L = problem.lipschitz()
     lr = 1.0 / L if lr is None else lr
     if not (isinstance(lr, (int, float)) and 0 < lr and (backtrack or lr <= 2.0 / L * (1 + 1e-9))):
@@ -657,8 +652,8 @@ def _reduce_rank(problem: LinearisedProblem, delta: torch.Tensor, *, rtol: float
 def random_psd(dim: int, eps: float, n: int = 1, *, generator: torch.Generator | None = None,
                dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """``n`` random PSD matrices ``(n, dim, dim)`` with Frobenius norm ``eps`` (``Q Qᵀ``, ``Q`` Gaussian)."""
-    _check_pos_int(dim, "dim")
-    _check_pos_int(n, "n")
+    check_positive_int(dim, "dim")
+    check_positive_int(n, "n")
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be finite and non-negative, got {eps}")
     Q = torch.randn(n, dim, dim, generator=generator, dtype=dtype)
@@ -693,7 +688,7 @@ def lora_init(shape: tuple[int, int, int], ranks: Sequence[int], seeds: int, *, 
     ranks = [int(r) for r in ranks]
     if not ranks or any(r < 1 or r > min(m, n) for r in ranks):
         raise ValueError(f"ranks must be integers in [1, {min(m, n)}], got {ranks}")
-    _check_pos_int(seeds, "seeds")
+    check_positive_int(seeds, "seeds")
     if not math.isfinite(init_std) or init_std <= 0:
         raise ValueError(f"init_std must be positive, got {init_std}")
     rmax = max(ranks)
@@ -724,7 +719,7 @@ def _lora_gd(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor, ranks
     -------
     :class:`LoRAResult`.
     """
-    _check_pos_int(steps, "steps")
+    check_positive_int(steps, "steps")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     P, m, n = problem.shape
@@ -846,8 +841,8 @@ def train_actual_lora(module: nn.Module, names: Sequence[str], inputs, labels: t
     ws = _check_names(module, names)
     inputs = _check_inputs(inputs)
     P, (m, n) = len(ws), ws[0].shape
-    _check_pos_int(rank, "rank")
-    _check_pos_int(steps, "steps")
+    check_positive_int(rank, "rank")
+    check_positive_int(steps, "steps")
     if not isinstance(A0, torch.Tensor) or A0.shape != (P, n, rank):
         raise ValueError(f"A0 must have shape ({P}, {n}, {rank}), got {tuple(getattr(A0, 'shape', ()))}")
     if not (math.isfinite(lr) and lr > 0 and math.isfinite(lam) and lam >= 0):
@@ -891,7 +886,7 @@ def rademacher_bound(G: torch.Tensor, radius: float, *, n_draws: int = 50, gener
         raise ValueError(f"G must have shape (N, 1, P, m, n), got {tuple(G.shape) if isinstance(G, torch.Tensor) else G}")
     if not math.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be finite and non-negative, got {radius}")
-    _check_pos_int(n_draws, "n_draws")
+    check_positive_int(n_draws, "n_draws")
     N = G.shape[0]
     sig = (torch.randint(0, 2, (n_draws, N), generator=generator) * 2 - 1).to(G.dtype)
     Gm = G.reshape(N, -1)
@@ -908,7 +903,7 @@ def generalisation_bound(rademacher: float, lipschitz: float, loss_range: float,
     Holds with probability ``≥ 1 − delta`` for all predictors of the class; constants are the textbook ones
     (Shalev-Shwartz & Ben-David, Thm 26.5), not the paper's Theorem 5.1 constants.
     """
-    _check_pos_int(N, "N")
+    check_positive_int(N, "N")
     if not 0 < delta < 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
     for name, v in (("rademacher", rademacher), ("lipschitz", lipschitz), ("loss_range", loss_range)):
@@ -925,7 +920,7 @@ def synthetic_problem(N: int, K: int, m: int, n: int, lam: float, *, generator: 
     """A random linearised problem: Gaussian ``G`` ``(N, K, P, m, n)`` scaled so that ``‖G‖²_op/N ≈ 1``·c,
     ``f0 = 0`` and targets from a random rank-2 teacher plus noise (mse) or its signs (logistic)."""
     for v, nm in ((N, "N"), (K, "K"), (m, "m"), (n, "n"), (P, "P")):
-        _check_pos_int(v, nm)
+        check_positive_int(v, nm)
     G = torch.randn(N, K, P, m, n, generator=generator, dtype=dtype)
     G = G * math.sqrt(N) / torch.linalg.matrix_norm(G.reshape(N * K, -1), ord=2)
     r0 = min(2, m, n)

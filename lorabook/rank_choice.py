@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import check_positive_int
 from .config import few_threads
 from .linalg import low_rank_approx
 from .train import batched_adam
@@ -133,8 +134,7 @@ def reduced_jacobian(head: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, 
     if not isinstance(U_L, torch.Tensor) or U_L.shape != (len(QV_MODULES), H, k):
         raise ValueError(f"U_L must have shape ({len(QV_MODULES)}, {H}, {k}), got "
                          f"{tuple(U_L.shape) if isinstance(U_L, torch.Tensor) else U_L}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     f0s, Gs = [], []
     UL, UR = U_L.to(hidden.dtype), U_R.to(hidden.dtype)
     for i in range(0, hidden.shape[0], batch_size):
@@ -195,8 +195,7 @@ def frozen_factor_fit(problem, ranks: Sequence[int], seeds: int, *, steps: int, 
     if not ranks or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= min(m, n)
                         for r in ranks):
         raise ValueError(f"ranks must be integers in [1, {min(m, n)}], got {ranks}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    check_positive_int(seeds, "seeds")
     rmax = int(max(ranks))
     rk = torch.tensor([int(r) for r in ranks]).repeat_interleave(seeds)
     S = len(rk)

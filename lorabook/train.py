@@ -14,6 +14,7 @@ import joblib
 import torch
 from tqdm import tqdm
 
+from .checks import check_positive_int
 from .config import cache_dir
 
 
@@ -57,8 +58,7 @@ def batched_adam(
     -------
     ``(n_records, B)`` tensor of recorded losses (empty ``(0, B)`` if ``record_every == 0``).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_positive_int(steps, "steps")
     if not params:
         raise ValueError("params must be a non-empty sequence of tensors with a leading batch dimension")
     B = params[0].shape[0]

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import torch
 
 from .linalg import check_rank
+from .checks import check_positive_int
 from .train import batched_adam
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -166,10 +167,8 @@ def random_teacher(seeds: int, d: int, widths: Sequence[int], rank: int, *, z_sc
     -------
     :class:`Teacher` on the CPU (move it with :meth:`Teacher.to`).
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be a positive integer, got {d!r}")
+    check_positive_int(seeds, "seeds")
+    check_positive_int(d, "d")
     widths = list(widths)
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise ValueError(f"widths must be a non-empty list of positive integers, got {widths!r}")
@@ -194,8 +193,7 @@ def sample(teacher: Teacher, n: int, *, generator: torch.Generator, cov: torch.T
     teacher's device. Returns ``x (S, n, d)`` and ``y (S, n, m)``; ``subgroup=False`` uses ``M_1`` instead of ``M_1 + Z``,
     ``noise=False`` returns ``f(x)``.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_positive_int(n, "n")
     S, k1, d = teacher.Z.shape
     x = torch.randn(S, n, d, generator=generator, dtype=teacher.Z.dtype)
     if cov is not None:
@@ -372,8 +370,7 @@ def refine_in_row_space(x: torch.Tensor, y: torch.Tensor, M: Sequence[torch.Tens
         raise ValueError(f"need M_1 and Z0 of shape (S, k1, d) and V of shape (S, d, k1); got {tuple(M[0].shape)}, "
                          f"{tuple(Z0.shape)}, {tuple(V.shape)}")
     check_rank(rank, min(k1, d), "rank")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be a positive integer, got {iters!r}")
+    check_positive_int(iters, "iters")
     U = torch.linalg.svd(Z0, full_matrices=False)[0][..., :rank]             # (S, k1, k)
     rest = list(M[1:])
     sigma = ACTIVATIONS[activation]

@@ -47,3 +47,12 @@ def test_fmt_num():
     assert fmt_num(0.012345) == "0.012"
     assert fmt_num(12345.0, 3) == "1.23e+04"
     assert fmt_num(float("inf")) == "inf"
+
+
+def test_check_positive_int():
+    from lorabook.checks import check_positive_int
+
+    assert check_positive_int(3, "n") == 3 and check_positive_int(np.int64(2), "n") == 2
+    for bad in (0, -1, 1.0, True, "2", None):
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            check_positive_int(bad, "n")

@@ -17,12 +17,13 @@ STAMP := $(VENV)/.installed
 # drop this machine's pip-config noise, keep pip's exit status (pipefail)
 QUIET := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: env book test unit pairing nbval notebooks bench clean help
+.PHONY: env book test unit pairing nbval notebooks bench mutation clean help
 help:
 	@echo "make book   - set up .venv, execute notebooks (LORABOOK_SCALE=$(LORABOOK_SCALE)) and build _build/html"
 	@echo "make test   - set up .venv, run unit tests, the pairing check and nbval at LORABOOK_SCALE=quick"
 	@echo "make notebooks - rebuild every chapter .ipynb from its .py script (after editing a script)"
 	@echo "make bench  - time the test stages and every notebook (writes benchmarks/results.md)"
+	@echo "make mutation - mutation testing of the numerical core (slow; outside CI; writes benchmarks/results.md)"
 
 env: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -58,5 +59,8 @@ notebooks: env
 bench: env
 	$(BIN)/python benchmarks/book.py --stages --scale quick default
 
+mutation: env
+	$(BIN)/python tools/mutation.py $(MODULES)
+
 clean:
-	rm -rf _build .cache
+	rm -rf _build .cache mutants

@@ -39,8 +39,7 @@
 #
 # In code, `lorabook.LoRALinear` is this object; `lorabook.get_scale()` sets the sizes of every experiment.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 from torch import nn
@@ -90,8 +89,7 @@ for a in ax:
 fig.suptitle(f"A {d_out}×{d_in} layer: LoRA's update has rank r and r(d_in+d_out) parameters")
 fig.tight_layout()
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("rank(BA) equals r for generic factors", measured_rank == ranks, measured=measured_rank)
 lb.claim("LoRA trains r(d_in + d_out) parameters", counts == [r * (d_in + d_out) for r in ranks], counts=counts)
 
@@ -109,8 +107,7 @@ x = torch.randn(1_000, d_in, dtype=torch.float64, generator=torch_gen)
 merged = layer.merge()
 merge_err = (merged(x) - layer(x)).abs().max().item() / layer(x).abs().max().item()
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("merged layer equals adapter layer (relative error < 1e-12)", merge_err < 1e-12, merge_err=merge_err)
 
 # %% [markdown]
@@ -164,8 +161,7 @@ ax.set(yscale="log", xlabel="Adam step", ylabel=r"$(\mathrm{cost} - \|X\|_*)/\|X
        title=f"{n_mats} random rank-{r} matrices: factor weight decay → nuclear norm")
 ax.legend()
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("balanced factorisation costs exactly ||X||_*", gap_balanced < 1e-12, gap=gap_balanced)
 lb.claim("no factorisation costs less than ||X||_*", bool((gap_end > -1e-10).all()) and gap_start_min > -1e-10,
          min_gap=gap_end.min().item())
@@ -207,8 +203,7 @@ plotting.mark_threshold(ax, true_rank, label=r"$\mathrm{rank}\,\Delta^\star$")
 ax.set(yscale="log", xlabel="LoRA rank $r$", ylabel=r"$\|BA-\Delta^\star\|_F^2$", title="LoRA reaches the truncated SVD")
 ax.legend()
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("trained LoRA error matches the Eckart-Young bound at every rank", excess < scale.tol, excess=excess)
 
 # %% [markdown]
@@ -235,8 +230,7 @@ for mode in ("both", "A", "B"):
     print(f"train={mode!r}: trainable parameters {layer.num_trainable():>3}, moved: "
           + ", ".join(k for k in "AB" if moved[mode][k]))
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("every mode starts at the pretrained weight", all(v["zero_at_init"] for v in moved.values()))
 lb.claim("train='both' moves A and B", moved["both"]["A"] and moved["both"]["B"])
 lb.claim("train='A' moves only A (B frozen random)", moved["A"]["A"] and not moved["A"]["B"])

@@ -365,10 +365,12 @@ def train_frozen_factor(mlp: dict, frozen: Sequence[torch.Tensor], X: torch.Tens
 
     Parameters
     ----------
-    frozen : the frozen factors from :func:`draw_factors` (``B``s when ``side="A"`` trains ``A``; ``A``s when
-        ``side="B"`` trains ``B``), each with leading batch dimension ``S``.
-    X : ``(S, N, d)`` (or ``(N, d)`` shared); Y : matching ``(S, N, D)`` (or ``(N, D)``).
-    M : box size; steps, lr : Adam settings.
+    frozen : the frozen factors from :func:`draw_factors` (the ``B`` factors when ``side="A"`` trains ``A``; the
+        ``A`` factors when ``side="B"`` trains ``B``), each with leading batch dimension ``S``.
+    X : ``(S, N, d)`` (or ``(N, d)`` shared).
+    Y : matching ``(S, N, D)`` (or ``(N, D)``).
+    M : box size.
+    steps, lr : Adam settings.
 
     Returns
     -------

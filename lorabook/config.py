@@ -13,6 +13,7 @@ cache. Unset, the cache lives in ``.cache/lorabook`` at the repository root.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from contextlib import contextmanager
@@ -119,6 +120,18 @@ def cache_dir() -> Path | None:
     if value.lower() == "off":
         return None
     return Path(value) if value else _ROOT / ".cache" / "lorabook"
+
+
+def source_hash() -> str:
+    """A short hash of every ``lorabook`` source file: the code version that cached results are keyed by.
+
+    Editing any module of the package changes it, so :func:`lorabook.train.cached_sweep` recomputes instead of
+    serving a result computed by the old code.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def describe() -> str:

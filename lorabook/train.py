@@ -6,8 +6,12 @@ returns one loss per slice. Slices never interact, so the result equals ``B`` in
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import shutil
+import types
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import joblib
@@ -15,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .checks import check_positive_int
-from .config import cache_dir
+from .config import cache_dir, source_hash
 
 
 def _per_slice(value: float | torch.Tensor, B: int, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -106,6 +110,56 @@ def config_key(config: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def code_fingerprint(fn: Callable) -> str:
+    """A short hash of what a callable executes: its bytecode, constants and names, recursively through nested
+    functions, ``functools.partial`` arguments and bound methods. File names and line numbers are left out, so the
+    same function defined in a new notebook kernel hashes the same; values captured in closures are not included."""
+    digest = hashlib.sha256()
+
+    def feed(obj: Any, depth: int = 0) -> None:
+        if depth > 20:
+            return
+        if isinstance(obj, functools.partial):
+            feed(obj.func, depth + 1)
+            digest.update(repr((obj.args, sorted(obj.keywords.items()))).encode())
+        elif isinstance(obj, types.MethodType):
+            feed(obj.__func__, depth + 1)
+        elif isinstance(obj, types.FunctionType):
+            feed(obj.__code__, depth + 1)
+            for cell in obj.__closure__ or ():  # captured functions are code too; captured values are not hashed
+                try:
+                    if isinstance(cell.cell_contents, (types.FunctionType, functools.partial, types.MethodType)):
+                        feed(cell.cell_contents, depth + 1)
+                except ValueError:  # an empty cell
+                    pass
+        elif isinstance(obj, types.CodeType):
+            digest.update(obj.co_code + repr((obj.co_names, obj.co_freevars)).encode())
+            for const in obj.co_consts:
+                if isinstance(const, types.CodeType):
+                    feed(const, depth + 1)
+                else:  # frozensets (``x in {...}``) print in hash order: sort them
+                    text = repr(sorted(map(repr, const))) if isinstance(const, frozenset) else repr(const)
+                    digest.update(text.encode())
+        elif callable(obj) and hasattr(obj, "__call__") and not isinstance(obj, type):
+            feed(type(obj).__call__, depth + 1)
+        else:
+            digest.update(repr(obj).encode())
+
+    feed(fn)
+    return digest.hexdigest()[:16]
+
+
+def _load(path) -> tuple[bool, Any]:
+    """``(True, result)`` from a cache file, or ``(False, None)`` (with a warning, file removed) if it is unreadable."""
+    try:
+        return True, joblib.load(path)
+    except Exception as err:  # a truncated or corrupted file: never a pickle traceback, recompute instead
+        warnings.warn(f"cached result {path} is unreadable ({type(err).__name__}: {err}); recomputing it",
+                      RuntimeWarning, stacklevel=3)
+        path.unlink(missing_ok=True)
+        return False, None
+
+
 def cached_sweep(
     name: str,
     configs: Iterable[dict],
@@ -115,10 +169,13 @@ def cached_sweep(
 ) -> list[Any]:
     """Run ``run(config)`` for each config, caching each finished result on disk.
 
-    Results are stored under ``cache_dir()/name/<hash of config>.joblib``; a rerun (after an interruption, or
-    a book rebuild) loads finished configs and computes only the missing ones. Put everything that changes
-    the result — the scale, the seed, the sizes, a version tag of the experiment — in the config.
-    ``LORABOOK_CACHE=off`` disables the cache.
+    Results are stored under ``cache_dir()/name/<code version>/<hash of config and run>.joblib``; a rerun (after an
+    interruption, or a book rebuild) loads finished configs and computes only the missing ones. The key holds the
+    config, the bytecode of ``run`` (:func:`code_fingerprint`) and the version of the whole ``lorabook`` package
+    (:func:`lorabook.config.source_hash`), so editing the package or the run function recomputes; results of older
+    code versions are deleted when a new one is written. Put everything else that changes the result — the scale,
+    the seed, the sizes, values captured by ``run`` — in the config. An unreadable cache file (truncated, corrupted)
+    is recomputed with a warning. ``LORABOOK_CACHE=off`` disables the cache.
 
     Returns
     -------
@@ -126,17 +183,26 @@ def cached_sweep(
     """
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"sweep name must be a non-empty string without '/', got {name!r}")
+    if not callable(run):
+        raise ValueError(f"run must be callable, got {type(run).__name__}")
     configs = list(configs)
     root = cache_dir()
-    folder = None if root is None else root / name
+    version = source_hash()
+    folder = None if root is None else root / name / version
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.parent.iterdir():  # results of older code versions can never be served again
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    run_hash = code_fingerprint(run)
     results = []
     for config in tqdm(configs, desc=name, disable=not progress, leave=False):
-        path = None if folder is None else folder / f"{config_key(config)}.joblib"
+        path = None if folder is None else folder / f"{config_key({'config': config, 'run': run_hash})}.joblib"
         if path is not None and path.exists():
-            results.append(joblib.load(path))
-            continue
+            ok, result = _load(path)
+            if ok:
+                results.append(result)
+                continue
         result = run(config)
         if path is not None:
             tmp = path.with_suffix(".tmp")

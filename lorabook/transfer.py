@@ -599,7 +599,7 @@ def run_experiment(config: dict, progress: bool | str = False) -> dict:
     ``activation``, ``ns`` (increasing subgroup sizes; samples are nested), ``n_test``, ``center``, and for the
     gradient baseline ``lora_steps`` (0 to skip), ``lrs``, ``batch_size``. Everything runs batched over seeds;
     gradient LoRA over ``len(ns) × seeds × len(lrs)`` problems in one Adam run. Random numbers are drawn on the
-    CPU, the computation runs on :func:`lorabook.device`.
+    CPU, the computation runs on :func:`lorabook.config.device`.
 
     Returns
     -------

@@ -20,9 +20,12 @@ def test_every_chapter_script_is_paired():
 def _notebook(tmp_path: Path, condition: str, stored: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    cell = nbformat.v4.new_code_cell(f'# NBVAL_CHECK_OUTPUT\nimport lorabook as lb\nlb.claim("the claim", {condition})')
+    cell = nbformat.v4.new_code_cell(f'import lorabook as lb\nlb.claim("the claim", {condition})')
+    cell.metadata["tags"] = ["nbval-check-output"]
     cell.execution_count = 1
-    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
+    # as a kernel shows a claim: text for nbval, the ledger record (not compared) in the metadata
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/plain": stored},
+                                           metadata={"lorabook": {"claim": {"measured": 1.0}}})]
     nb.cells = [cell]
     path = tmp_path / "claim.ipynb"
     nbformat.write(nb, path)
@@ -37,15 +40,17 @@ def _nbval(path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("condition, stored, ok", [
-    ("1 + 1 == 2", "✓ the claim\n", True),      # a true claim passes
-    ("1 + 1 == 3", "✓ the claim\n", False),     # a false claim fails the run
-    ("1 + 1 == 2", "✓ another claim\n", False),  # a changed verdict fails the run
+    ("1 + 1 == 2", "✓ sanity: the claim", True),      # a true claim passes
+    ("1 + 1 == 3", "✓ sanity: the claim", False),     # a false claim fails the run
+    ("1 + 1 == 2", "✓ sanity: another claim", False),  # a changed verdict fails the run
+    ('1e-12, "<=", 1e-9, kind="sanity"', "✓ sanity: the claim", True),   # the measured value is not compared
+    ('1e-6, "<=", 1e-9, kind="sanity"', "✓ sanity: the claim", False),   # ... but the check is
 ])
 def test_nbval_verdicts(tmp_path, condition, stored, ok):
     result = _nbval(_notebook(tmp_path, condition, stored))
     assert (result.returncode == 0) == ok, result.stdout[-2000:]
     if not ok and "1 + 1 == 3" in condition:
-        assert "✗ the claim" in result.stdout
+        assert "✗ sanity: the claim" in result.stdout
 
 
 def test_intro_reading_guide_checks_pass(capsys):

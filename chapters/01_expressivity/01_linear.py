@@ -20,8 +20,7 @@
 # $\prod_l(W_l+\Delta W_l) - \prod_l W_l$ has rank at most $RL$, LoRA can at best remove the top $RL$ singular
 # directions of the error $E = \bar W - \prod_l W_l$. The lemma says it can always do exactly that.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import math
 
 import numpy as np
@@ -96,8 +95,7 @@ ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel=r"$\|\prod(W_l+\Delta W_l)-\
        title=f"Lemma 1, D={Ds[0]}, rank E = D ({n_inst} instances)")
 ax.legend(ncol=2, fontsize=8)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("construction error equals sigma_{RL+1}(E) in every instance (relative deviation < 1e-9)",
          dev_sigma < 1e-9, deviation=dev_sigma)
 lb.claim("exact match (error < 1e-9 ||E||) exactly when R >= ceil(R_E / L)",
@@ -148,8 +146,7 @@ fig.tight_layout()
 gap = {k: (np.abs(o["test"] - o["construction_test"]) / o["zero_test"][:, None]).max() for k, o in runs.items()}
 shift_gap = {k: (np.abs(o["shift"] - o["construction_shift"]) / o["zero_test"][:, None]).max() for k, o in runs.items()}
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for kind in runs:
     lb.claim(f"{kind} frozen model: selected gradient LoRA matches the construction's optimal test error at every rank "
              "(within tol of the frozen model's error)", gap[kind] < scale.tol, gap=gap[kind])

@@ -20,8 +20,7 @@
 # LoRA adapts the weights by rank-$R$ updates; the biases are trainable. Here $D = 16$, $L = 2$, inputs in the cube
 # $[-1,1]^D$, frozen and target weights $\mathcal N(0, 1/D)$, biases $\mathcal N(0, 0.1^2)$ (our choices).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import math
 
 import numpy as np
@@ -96,8 +95,7 @@ for a in ax:
     a.legend(fontsize=8)
 fig.tight_layout()
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the adapted first layer keeps every ReLU active (pre-activation >= margin) on test and shifted inputs",
          bool(pre_adapted.min() >= 1.0 - 1e-9), min_pre=pre_adapted.min())
 lb.claim("at R = ceil(D/L) the construction's error drops by more than 12 orders of magnitude in every seed",
@@ -153,8 +151,7 @@ for ax, (name, v) in zip(axes, bounds.items()):
 axes[0].legend(fontsize=8)
 fig.tight_layout()
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the corrected bound tr(Sigma) sigma^2 holds for every seed and rank", corrected_ok)
 lb.claim("the stated bound ||Sigma||_F sigma^2 is violated when all target ReLUs are active",
          bool(paper_ratio.max() > 1.0), max_ratio=paper_ratio.max())
@@ -205,8 +202,7 @@ ax.annotate("construction exact from R = 8\n(error < 1e-20, off the axis)", xy=(
             arrowprops=dict(arrowstyle="->", color=plotting.COLORS["construction"]))
 ax.legend(fontsize=8)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("at and above the threshold gradient LoRA plateaus (error > 1e-6 of the frozen model's) where the construction is exact",
          bool(rel_plateau > 1e-6) and bool(constr[:, above].max() < 1e-12), plateau=rel_plateau)
 lb.claim("below the threshold trainable biases lower gradient LoRA's error (median over seeds)", bool((bias_gain > 1).all()),

@@ -20,8 +20,7 @@
 # construction of {prf:ref}`lem-ch1-relu` {cite}`zeng2024expressive`. Errors of early groups are propagated by the later
 # ones, which the bound accounts for with a factor $\alpha$ per remaining layer.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import math
 
 import numpy as np
@@ -91,8 +90,7 @@ ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel=r"$\mathbb{E}\|f(x)-\bar f(x
        title=rf"Two-layer target, four frozen layers (D={D}, {scale.seeds} seeds)")
 ax.legend(fontsize=8)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the measured error is below the corrected bound at every rank and seed", bool((err <= b_corr * (1 + 1e-9) + 1e-9 * scale_f).all()),
          worst_ratio=(err[:, below] / b_corr[:, below]).max())
 lb.claim("the partitioned construction matches the two-layer target exactly from R = ceil(D/M) on",

@@ -20,8 +20,7 @@
 # Each product is a two-matrix chain, so {prf:ref}`lem-ch1-linear` with $L = 2$ applies to it: rank-$R$ adapters on
 # both factors can remove $2R$ singular directions of the difference to the target's product.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import math
 
 import numpy as np
@@ -106,8 +105,7 @@ ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel=r"test $\mathbb{E}\|f(Z)-\ba
        title=f"TFN, D={D}, H={H}, {n_layers} layers")
 ax.legend(fontsize=8)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the TFN construction is exact exactly when R >= ceil(D/2)",
          bool(constr[:, above].max() < 1e-18 * zero.min()) and bool(constr[:, ~above].min() > 1e-6 * zero.max()),
          max_above=constr[:, above].max(), min_below=constr[:, ~above].min())

@@ -20,8 +20,7 @@
 # touches every layer, so it can fix the early layers that the final layers can only work around. Setting: a deep
 # frozen ReLU FNN ($L = 8$, $D = 16$), a one-layer ReLU target ($\bar L = 1$).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 
 import lorabook as lb
@@ -86,8 +85,7 @@ for kind, out in runs.items():
     pairs = [(i, min((j for j in range(nR, len(n)) if n[j] >= n[i]), key=lambda j: n[j], default=None)) for i in range(nR)]
     wins[kind] = [bool(med[i] < med[j]) for i, j in pairs if j is not None]
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 for kind in runs:
     lb.claim(f"{kind} frozen model: LoRA beats final-layer tuning with at least as many parameters at every budget",
              len(wins[kind]) > 0 and all(wins[kind]), wins=wins[kind])

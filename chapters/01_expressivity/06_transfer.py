@@ -34,8 +34,7 @@
 # $M_l$ Gaussian with variance $1/\text{fan-in}$, and $Z$ of rank $k = 2$ with $\E\norm{Z}_F^2 = \E\norm{M_1}_F^2$.
 # The code is in `lorabook.transfer`.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 
 import lorabook as lb
@@ -47,8 +46,7 @@ scale = lb.get_scale()
 plotting.use_style()
 print(lb.describe())
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 ns = scale.pick(quick=[1_000, 4_000, 16_000], default=[500, 1_000, 2_000, 4_000, 8_000, 16_000],
                 paper=[500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000])
 base = dict(version="transfer-v1", scale=scale.name, seed=0, seeds=scale.pick(quick=3, default=6, paper=50), d=16,
@@ -121,8 +119,7 @@ slope_rows = loglog_slope(np.asarray(ns)[big], med["relu"]["row_space"][big])
 slope_relu_moment = loglog_slope(ns, med["relu"]["moment_norm"])
 slope_tanh_moment = loglog_slope(ns, med["tanh (odd)"]["moment_norm"])
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("ReLU bottleneck: the Stein row-space error decays like n^(-1/2) and falls below 0.25",
          -0.85 < slope_rows < -0.3 and med["relu"]["row_space"][-1] < 0.25,
          slope=slope_rows, error=med["relu"]["row_space"][-1])
@@ -194,8 +191,7 @@ plateau = float(np.median(run["plateau"]))
 slides_end, completed_end = med["relu"]["slides"][-1], med["relu"]["completed"][-1]
 lora_wins = bool((med["relu"]["lora"] < med["relu"]["completed"]).all())
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("with the exact row space, the slides' regression returns Z(I - VV^T) to rounding error",
          run["oracle_slides_gap"] < 1e-10, gap=run["oracle_slides_gap"])
 lb.claim("the slides' estimate does not converge: its error stays at ||ZP||/||Z||",
@@ -241,8 +237,7 @@ ax.set(xscale="log", yscale="log", xlabel="subgroup size $n$", ylabel=r"$\|\hat 
        title="no bottleneck ($k_1 = d = 16$): the row space is everything")
 ax.legend(loc="center right")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("k1 = d: the Stein transfer returns Z = 0 (relative error 1) at every n",
          np.abs(full["slides"] - 1).max() < 1e-10, max_deviation=np.abs(full["slides"] - 1).max())
 lb.claim("k1 = d: gradient LoRA still recovers Z from the same samples (error below 0.2)",

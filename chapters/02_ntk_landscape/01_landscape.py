@@ -31,8 +31,7 @@
 # Then LoRA with rank 1 and weight decay, $\delta = \beta\alpha^\top$, from many random starts: every run ends on that
 # set of global minima (the threshold $r(r+1)/2 > KN$ already holds at $r = 2$; here even $r = 1$ works).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -86,8 +85,7 @@ fig.tight_layout()
 # (plotted are the diagonal entries of the LoRA ends; their off-diagonal entries are small but not zero, which
 # the slice does not show).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the certified optimum equals lambda(1 - lambda/2)", abs(F_star - lam * (1 - lam / 2)) < 1e-9, F=F_star)
 lb.claim("every rank-1 LoRA run reaches the global minimum", float(gaps.max()) < scale.tol, max_gap=float(gaps.max()))
 lb.claim("every LoRA end is PSD with trace 1 - lambda",

@@ -44,8 +44,7 @@
 # and $\lambda > 0$ starting from the certified convex optimum (FISTA {cite}`beck2009fista` with singular-value
 # soft-thresholding {cite}`cai2010svt`, stopped at a relative duality gap below $10^{-9}$).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -113,8 +112,7 @@ fig.tight_layout()
 # data) already satisfies the bound, so the reduction has nothing to do — the nuclear norm itself selects a
 # low-rank solution, well below the bound at this $\lambda$.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 ok_bound = all(r * (r + 1) / 2 <= k for rr, k in zip(get("rank_interp_red"), KN) for r in rr) and \
     all(r * (r + 1) / 2 <= k for rr, k in zip(get("rank_opt_red"), KN) for r in rr)
 lb.claim("every reduced global minimiser satisfies r(r+1)/2 <= KN", ok_bound,

@@ -47,8 +47,7 @@
 # then $F(Z_\varepsilon) \le F(Z_\varepsilon) + \tfrac12\operatorname{tr}(Z_\varepsilon^\top\mathbf PZ_\varepsilon)
 # \le F^\star + \tfrac12\norm{\mathbf P}_2\norm{Z^\star}_F^2 \le F^\star + \varepsilon\norm{\delta^\star}_*$.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -134,8 +133,7 @@ fig.tight_layout()
 # (middle panel, leftmost column) — spurious minima do exist below the threshold, as the theory allows. The
 # perturbed runs stay within the Corollary 4.2 bound, and their distance to $\delta^\star$ shrinks with $\varepsilon$.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 for j, (r, f, g_min, s) in enumerate(zip(ranks, reached, gap.min(1), spread)):
     ends = np.sort(gap[j])
     n_values = 1 + int((np.diff(ends) > 1e-3 * np.maximum(ends[1:], 1e-12) + GAP_TOL).sum())
@@ -143,8 +141,7 @@ for j, (r, f, g_min, s) in enumerate(zip(ranks, reached, gap.min(1), spread)):
     print(f"r = {r:2d}: reached {f:4.0%}, best gap {g_min:.1e}, spread {s:.1e}, "
           f"distinct end values {n_values}{note}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 above = [j for j, r in enumerate(ranks) if r >= r_th]
 lb.claim("every initialisation with r(r+1)/2 > KN reaches the certified optimum", bool((reached[above] == 1).all()),
          reached=reached.tolist(), tol=GAP_TOL)

@@ -35,8 +35,7 @@
 #
 # The threshold of {prf:ref}`thm-ntk-no-spurious` is `rank_threshold(1, 32)` $= 8$.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -159,8 +158,7 @@ fig.tight_layout()
 # see the next section). Linearised and real LoRA predict the same label on most held-out snippets, so the NTK
 # approximation is reasonable for this last-layer adaptation.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 print(f"full FT from zero after {full_steps} steps: objective {full.cert.primal:.4f} (gap {full.cert.rel_gap:.1e})")
 print(f"certified optimum: objective {F_full:.4f}, relative duality gap {cert.cert.rel_gap:.1e}, "
       f"ranks of (δ_Q, δ_V) = {[lb.numerical_rank(d, rtol=1e-5) for d in cert.delta]}")
@@ -170,8 +168,7 @@ for k, v in acc.items():
     print(f"{k:>22s}: test accuracy {v:.3f}")
 print(f"real vs linearised LoRA r={r_cmp}: same label on {agree:.1%} of test snippets")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 TOL_OBJ = scale.pick(quick=0.5, default=0.1, paper=0.02)
 lb.claim("the full fine-tuning optimum is certified by its duality gap",
          cert.cert.rel_gap < scale.pick(quick=0.5, default=0.01, paper=1e-4), rel_gap=cert.cert.rel_gap)
@@ -225,15 +222,13 @@ ax.legend()
 # *What to see:* the measured gap lies below both bounds, and the bounds are far from tight (they hold for the
 # worst predictor in the nuclear-norm ball, not for the one we trained).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 print(f"M = {radius:.3g}, Rademacher: Monte-Carlo {rad['empirical']:.3g}, Lemma C.4 {rad['lemma']:.3g}; "
       f"loss range b = {loss_range:.3g}")
 print(f"train loss {train_loss:.3f}, test loss {test_loss:.3f}, gap {gen_gap:.3f}; "
       f"bounds {bounds['empirical']:.3g} (Monte-Carlo), {bounds['lemma']:.3g} (Lemma C.4)")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the Monte-Carlo Rademacher estimate is below Lemma C.4's closed form", rad["empirical"] <= rad["lemma"],
          mc=rad["empirical"], lemma=rad["lemma"])
 lb.claim("the measured train-test gap is below the Rademacher bound", gen_gap <= bounds["empirical"],

@@ -38,8 +38,7 @@
 # use $c = 1$, and $\epsilon = 1-\sqrt{1-\delta}$ as in the proof. Counting the entries of the $A^{(t)}$ directly gives
 # $r(d + TW)$ trainable parameters; we keep the paper's $q$ of eq. (7).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -94,8 +93,7 @@ ax.legend(fontsize=8)
 # the hundreds of thousands; at few-shot $N$ it says nothing. The experiments below therefore compare *shapes*
 # (rates in $N$ and $r$, tails) with the theorem, not values.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("Theorem 1 is vacuous (above 1) at every N and rank trained on in this chapter",
          bool((curves[:, Ns <= experiment_N[1]] > 1).all()), min_bound=curves[:, Ns <= experiment_N[1]].min())
 lb.claim("Theorem 1 needs more than 10^4 samples to become non-vacuous, even at rank 1",

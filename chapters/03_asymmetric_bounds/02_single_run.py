@@ -30,8 +30,7 @@
 # its own frozen $B$ and its own training set (the theorem's probability is over both), batched in one tensor program
 # per $N$.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -76,8 +75,7 @@ ax.legend(loc="upper right")
 # of the theorem (dashed) is far above the real tail — the data-dependent part is loose but valid. The
 # complexity term of the bound is above 1 here ({ref}`ch3-theorem1`), so the theorem's *value* is not informative.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the spread of a single run's gap shrinks as N grows", bool(spread[-1] < spread[0]), spread=list(spread))
 lb.claim("a single run's tail above the mean stays within the confidence term of Theorem 1 at every N",
          bool((tail <= conf_term).all()), tail=list(tail), term=list(conf_term))

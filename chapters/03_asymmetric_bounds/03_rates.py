@@ -25,8 +25,7 @@
 # $N = 128$, and fit exponents $\text{gap} \approx C N^{a}$ and $\approx C r^{b}$ on log–log axes, with 95% bootstrap
 # intervals over the independent runs.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 from matplotlib.ticker import NullFormatter
 import torch
@@ -78,8 +77,7 @@ fig.tight_layout()
 # typical curve; the growth flattens at the largest ranks, where the training error approaches 0. The rate in $r$
 # is therefore only checked qualitatively (the gap grows with $r$).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the gap decays in N at least as fast as the worst-case rate N^(-1/2) (CI of the exponent below -1/2)",
          a_hi < -0.5, a=a, ci=(a_lo, a_hi))
 lb.claim("the gap grows with the rank r (CI of the exponent above 0)", b_lo > 0, b=b, ci=(b_lo, b_hi))

@@ -36,8 +36,7 @@
 # pretrained weights with the last layer scaled by $0.1$ (so the pretrained $|f(1)| \approx 0.23$ and the witness
 # must come from the adapter), zero biases.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -105,8 +104,7 @@ fig.tight_layout()
 # theorem $\mathbf G \ge s|K/N - 1/2| \approx s|Z|/(2\sqrt N)$, so the gap is of order $N^{-1/2}$ with constant
 # probability. We check that too (last claim): $P(\mathbf G > 1/(8\sqrt N)) \to P(|Z| > 1/4) \approx 0.80$ when $s \ge 1$; we ask for 0.7.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("with M large enough, almost every draw of the random factor admits the witness (good LoRA weights)",
          good[M_star] >= 0.95, good=good)
 lb.claim("a larger box M admits the witness more often", bool(np.all(np.diff(list(good.values())) >= 0))

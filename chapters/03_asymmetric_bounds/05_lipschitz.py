@@ -31,8 +31,7 @@
 # Lipschitz constant through an unspecified $c_2$; we estimate the constant from below by the largest ratio
 # $\norm{f_{A}-f_{A'}}_\infty / \norm{A-A'}_\infty$ over random nearby pairs in the box (sup over 2,000 inputs).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -94,8 +93,7 @@ fig.tight_layout()
 # grows with $r$ (through $R$), and for this network stays below the lemma's form with $c_2 = 1$ and the corrected
 # radius — our choice of constant, since the paper leaves $c_2$ unspecified.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the corrected radius R' bounds the sup of ||BA||_inf over the box with probability at least 1 - eps, at every rank",
          min(freq_ours) >= 1 - eps - mc, freq=freq_ours)
 lb.claim("Lemma 4's radius R fails the claimed probability 1 - eps at large rank (the paper's Step 2 is wrong)",

@@ -35,8 +35,7 @@
 # initialisations as in `LoRALinear`. Gap = test error on fresh snippets minus training error on the exact training
 # snippets, 0–1 loss, no dropout.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -98,8 +97,7 @@ fig.tight_layout()
 # These are our measurements on a text model (one adapted layer, our learning rate and step budget), not a
 # reproduction of the paper's CLIP numbers.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 iB, iA, iboth = (config["modes"].index(m) for m in ("B", "A", "both"))
 lb.claim("with A frozen random (train B) the gap grows from the smallest to the largest rank",
          mean_gap[iB, -1] > mean_gap[iB, 0], gap_B=list(mean_gap[iB]))

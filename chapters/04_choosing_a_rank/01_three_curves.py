@@ -49,8 +49,7 @@
 #   with a frozen random factor (Kratsios et al.'s setting: the output-side factor $B$ Gaussian $N(0, 1/k)$ and
 #   frozen, $A$ trained by Adam with the same weight decay), and Kratsios et al.'s bound for the same adapter.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
 
@@ -177,8 +176,7 @@ fig.tight_layout()
 # **vacuous** for a loss in $[0, 1]$ at these $N$ and says nothing about $r$, as chapter 3 found
 # ({doc}`../03_asymmetric_bounds/01_theorem1`).
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 for N in Ns:
     r_ = results[N]
     print(f"N = {N:3d}: λ = {r_['lam']:.3g}, F* = {r_['F_star']:.4g}, rel. duality gap {r_['cert'].rel_gap:.1e}, "
@@ -186,8 +184,7 @@ for N in Ns:
           f"reached {np.round(r_['reached'], 2).tolist()}, median gap {np.round(np.median(r_['gap'], 0), 2).tolist()}, "
           f"bound ≥ {bound[N].min():.2f}, gap of the full-FT optimum {r_['full_gap']:.2f}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("each full-fine-tuning optimum is certified (relative duality gap below 1e-9)",
          all(results[N]["cert"].rel_gap < 1e-9 for N in Ns), gaps=[results[N]["cert"].rel_gap for N in Ns])
 lb.claim("the optimum's ranks obey Theorem 3.1: sum_p r_p(r_p+1)/2 <= KN",
@@ -253,14 +250,12 @@ fig.tight_layout()
 # $O(\sqrt N)$ ranks. The paper's own choices (RoBERTa, $N = 32$, LoRA ranks up to 16) sit at or above this
 # guarantee; our measurement says that, for this task and this regularisation, far less suffices.
 
-# %%
-# NBVAL_IGNORE_OUTPUT
+# %% tags=["nbval-ignore-output"]
 for N in Ns:
     print(f"N = {N:3d}: r_expr = {rec[N]['r_expr']}, r_train = {rec[N]['r_train']}, recommended r = {rec[N]['r_rec']}, "
           f"threshold = {ntk.rank_threshold(K, N)}, median frozen-factor gap there = {rec[N]['gap_rec']:.2f}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 lb.claim("the recommended rank never exceeds rank_threshold(K, N)",
          all(rec[N]["r_rec"] <= ntk.rank_threshold(K, N) for N in Ns), rec={N: rec[N]["r_rec"] for N in Ns})
 lb.claim("the recommended rank does not decrease as N grows",

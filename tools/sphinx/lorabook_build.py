@@ -1,0 +1,152 @@
+"""Sphinx hooks of the book: no stale results, and pages generated from the executed notebooks.
+
+* **Freshness.** jupyter-cache re-executes a notebook only when its own cells change. This hook also keys each
+  notebook by the ``lorabook`` modules it imports (transitively): when one of them changes, the notebook's cache
+  records are removed and the page is re-read, so it is executed again with the new code. The state of the last
+  successful build is kept in ``_build/.lorabook_deps.json``.
+* **Generated pages** (status, claims ledger, errata) read the execution cache: they are re-read on every build and
+  read last, after every notebook has been executed.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from sphinx.util import logging
+
+LOG = logging.getLogger(__name__)
+GENERATED = ("chapters/status", "chapters/ledger", "chapters/errata", "chapters/scorecard")
+PACKAGE = "lorabook"
+_STATE = ".lorabook_deps.json"
+
+
+def _imports(code: str, package: str) -> set[str]:
+    """Modules of ``package`` that ``code`` imports (absolute imports; ``package`` itself means its __init__)."""
+    found: set[str] = set()
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:  # IPython magics: fall back to a pattern
+        return {m.rstrip(".") or "__init__" for m in re.findall(rf"\b{package}\.?(\w*)", code)} | {"__init__"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == package:
+                    found |= {"__init__"} | ({parts[1]} if len(parts) > 1 else set())
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
+            parts = node.module.split(".")
+            found.add("__init__")
+            found |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+    return found
+
+
+def _package_graph(pkg_dir: Path) -> dict[str, set[str]]:
+    """module -> modules of the package it imports (relative or absolute)."""
+    names = {p.stem for p in pkg_dir.glob("*.py")}
+    graph = {}
+    for name in names:
+        tree = ast.parse((pkg_dir / f"{name}.py").read_text())
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
+                parts = node.module.split(".")
+                deps |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+        graph[name] = {d for d in deps if d in names and d != name}
+    return graph
+
+
+def dependency_hash(code: str, pkg_dir: Path) -> str | None:
+    """Hash of the sources of every package module ``code`` depends on (``None`` if it imports none)."""
+    graph = _package_graph(pkg_dir)
+    todo = [m for m in _imports(code, PACKAGE) if m in graph]
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph[m] - seen)
+    if not seen:
+        return None
+    digest = hashlib.sha256()
+    for m in sorted(seen):
+        digest.update(m.encode() + b"\0" + (pkg_dir / f"{m}.py").read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def notebook_code(path: Path) -> str:
+    """The code cells of a notebook (``.ipynb``) or MyST notebook (``.md``), joined."""
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text()).get("cells", [])
+        return "\n".join("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code")
+    text = path.read_text()
+    if "file_format: mystnb" not in text:
+        return ""
+    return "\n".join(re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", text, flags=re.S))
+
+
+def cache_path(app) -> Path:
+    configured = app.env.mystnb_config.execution_cache_path if hasattr(app.env, "mystnb_config") else ""
+    return Path(configured) if configured else Path(app.outdir).parent / ".jupyter_cache"
+
+
+def _state_file(app) -> Path:
+    return Path(app.outdir).parent / _STATE
+
+
+def _outdated(app, env, added, changed, removed):
+    src = Path(app.srcdir)
+    pkg_dir = src / PACKAGE
+    extra = [d for d in GENERATED if d in env.found_docs]
+    if not pkg_dir.is_dir():
+        return extra
+    state_path = _state_file(app)
+    old = json.loads(state_path.read_text()) if state_path.exists() else {}
+    new, stale = {}, []
+    for doc in sorted(env.found_docs):
+        if doc in GENERATED:
+            continue
+        path = Path(env.doc2path(doc))
+        h = dependency_hash(notebook_code(path), pkg_dir) if path.suffix in (".ipynb", ".md") else None
+        if h is None:
+            continue
+        new[doc] = h
+        if old.get(doc) not in (None, h):
+            stale.append((doc, path))
+    if stale:
+        from jupyter_cache import get_cache
+
+        cache_dir = cache_path(app)
+        cache = get_cache(cache_dir) if cache_dir.exists() else None
+        for doc, path in stale:
+            if cache is not None:
+                for rec in cache.list_cache_records():
+                    if Path(rec.uri).resolve() == path.resolve():
+                        cache.remove_cache(rec.pk)
+        names = ", ".join(doc for doc, _ in stale)
+        LOG.info(f"[lorabook] package code changed under {len(stale)} notebook(s), re-executing: {names}")
+    app.lorabook_deps = new
+    return sorted(set(extra) | {doc for doc, _ in stale if doc not in added})
+
+
+def _read_generated_last(app, env, docnames):
+    last = [d for d in GENERATED if d in docnames]
+    for d in last:
+        docnames.remove(d)
+    docnames.extend(last)
+
+
+def _save_state(app, exception):
+    if exception is None and hasattr(app, "lorabook_deps"):
+        _state_file(app).write_text(json.dumps(app.lorabook_deps, indent=1, sort_keys=True))
+
+
+def setup(app):
+    app.connect("env-get-outdated", _outdated)
+    app.connect("env-before-read-docs", _read_generated_last)
+    app.connect("build-finished", _save_state)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -34,7 +34,9 @@ __all__ = [
     "bounded_abs_loss", "gap_estimate", "loglog_slope", "binomial_exceed_prob",
     "make_mlp", "draw_factors", "lora_mlp_forward", "train_frozen_factor", "lipschitz_ratio",
     "minilm_head_cache", "minilm_head_logits", "init_head_factors", "MODES", "teacher_student_gaps",
-    "output_witness", "chapter_setting", "gap_sweep", "minilm_asymmetry_run",
+    "output_witness", "chapter_setting", "gap_sweep", "minilm_asymmetry_run", "theorem1_eps",
+    "corrected_upper_bound", "first_nonvacuous_N", "theorem2_ratio", "local_slopes", "last_layer_witness",
+    "paper_witness", "uniform_gap_lower",
 ]
 
 MODES = ("A", "B", "both")
@@ -76,7 +78,7 @@ def lora_param_count(r: int, W: int, T: int, d: int, D: int) -> int:
     """Trainable parameters of the paper's setting, eq. (7): ``q = r (W(T−1) + d + D)``.
 
     All arguments are positive integers. (Counting the entries of ``A^{(t)} ∈ R^{r×d_t}``, ``t = 1..T+1``,
-    directly gives ``r(d + TW)``; we keep the paper's formula, as the issue asks.)
+    directly gives ``r(d + TW)``; the book keeps the paper's formula.)
     """
     r, W, T, d, D = (check_positive_int(v, n) for v, n in ((r, "r"), (W, "W"), (T, "T"), (d, "d"), (D, "D")))
     return r * (W * (T - 1) + d + D)
@@ -93,20 +95,10 @@ def lemma4_radius(M: float, nu: float, r: int, W: int, eps: float) -> float:
     return M * nu * math.sqrt(2 * r * math.log(2 * W / eps))
 
 
-def kratsios_upper_bound(*, r: int, N: int, delta: float, T: int, W: int, d: int, D: int, M: float, nu: float,
-                         eps: float, theta_pre_inf: float, c: float = 1.0) -> float:
-    """Theorem 1: with probability ``≥ 1 − δ`` the uniform gap ``G`` is at most
-
-    ``4 min{1, √q · 6√A / √N} + √(8 log(2/(1 − √(1 − δ))) / N)``, with ``A = (cT + 1) log(2R + 2R₀)``,
-    ``R = M ν √(2r log(2W/ε))`` and ``R₀ = ‖θ_pre‖_∞``.
-
-    The constant ``c`` (``c₂`` of Petrova & Wojtaszczyk) is not given by the paper: it is a parameter here.
-    Raises ``ValueError`` outside the domain (δ ∉ (0, 1], ε ∉ (0, 1), non-positive integers, ``M, ν ≤ 0``,
-    ``θ_pre_inf < 0``, ``c ≤ 0``) and when ``A ≤ 0`` (then ``√A`` and the bound are undefined).
-    Returns a float ≥ 0 (values ≥ 1 are vacuous for a loss in [0, 1]).
-    """
+def _theorem1_value(R: float, *, r: int, N: int, delta: float, T: int, W: int, d: int, D: int,
+                    theta_pre_inf: float, c: float) -> float:
+    """Theorem 1's right-hand side for a given radius ``R`` (inputs already validated except N, δ, c, R₀)."""
     N = check_positive_int(N, "N")
-    T, W, d, D = (check_positive_int(v, n) for v, n in ((T, "T"), (W, "W"), (d, "d"), (D, "D")))
     delta = _open01(delta, "delta", right_closed=True)
     c = _pos_float(c, "c")
     try:
@@ -115,14 +107,96 @@ def kratsios_upper_bound(*, r: int, N: int, delta: float, T: int, W: int, d: int
         raise ValueError(f"theta_pre_inf must be a non-negative number, got {theta_pre_inf!r}") from None
     if not math.isfinite(R0) or R0 < 0:
         raise ValueError(f"theta_pre_inf must be a non-negative finite number, got {theta_pre_inf!r}")
-    R = lemma4_radius(M, nu, r, W, eps)
     q = lora_param_count(r, W, T, d, D)
     A = (c * T + 1) * math.log(2 * R + 2 * R0)
     if A <= 0:
-        raise ValueError(f"A = (cT+1) log(2R + 2R0) = {A:.3g} is not positive (2R + 2R0 = {2 * R + 2 * R0:.3g} ≤ 1): "
-                         "the bound is undefined; increase M, nu or theta_pre_inf")
-    eps_t = 1 - math.sqrt(1 - delta)
+        raise ValueError(f"A = (cT+1) log(2R + 2R0) = {A:.3g} is not positive (2R + 2R0 = "  # pragma: no mutate
+                         f"{2 * R + 2 * R0:.3g} ≤ 1): the bound is undefined; increase M, nu or "  # pragma: no mutate
+                         "theta_pre_inf")  # pragma: no mutate
+    eps_t = theorem1_eps(delta)
     return 4 * min(1.0, math.sqrt(q) * 6 * math.sqrt(A) / math.sqrt(N)) + math.sqrt(8 * math.log(2 / eps_t) / N)
+
+
+def theorem1_eps(delta: float) -> float:
+    """The ``ε`` of Theorem 1's proof for a failure probability ``δ ∈ (0, 1]``: ``(1 − ε)² = 1 − δ``, so
+    ``ε = 1 − √(1 − δ)``. Both events of the proof (the radius event of Lemma 4 and the concentration event of
+    Lemma 9) then fail with probability ``ε`` each."""
+    delta = _open01(delta, "delta", right_closed=True)
+    return 1 - math.sqrt(1 - delta)
+
+
+def kratsios_upper_bound(*, r: int, N: int, delta: float, T: int, W: int, d: int, D: int, M: float, nu: float,
+                         theta_pre_inf: float, c: float = 1.0, eps: float | None = None) -> float:
+    """Theorem 1 as printed: with probability ``≥ 1 − δ`` the uniform gap ``G`` is at most
+
+    ``4 min{1, √q · 6√A / √N} + √(8 log(2/(1 − √(1 − δ))) / N)``, with ``A = (cT + 1) log(2R + 2R₀)``,
+    ``q`` from :func:`lora_param_count`, the paper's radius ``R = M ν √(2r log(2W/ε))`` (:func:`lemma4_radius`)
+    and ``R₀ = ‖θ_pre‖_∞``.
+
+    Parameters
+    ----------
+    r, N, T, W, d, D : positive integers (rank, samples, hidden layers, width, input and output dimensions).
+    delta : failure probability in ``(0, 1]``.
+    M, nu : box size and standard deviation of the frozen factor, ``> 0``.
+    theta_pre_inf : ``‖θ_pre‖_∞ ≥ 0``.
+    c : the constant ``c₂`` of Petrova & Wojtaszczyk, which the paper does not give (``> 0``).
+    eps : the ``ε`` inside ``R``. By default the proof's ``ε = 1 − √(1 − δ)`` (:func:`theorem1_eps`); another
+        value overrides it for exploration, and the theorem's probability statement then no longer applies.
+
+    Returns
+    -------
+    float ``≥ 0``; values ``≥ 1`` are vacuous for a loss in ``[0, 1]``. The paper's ``R`` is not a valid radius
+    for every rank (see :func:`box_radius`); :func:`corrected_upper_bound` evaluates the same formula with a
+    valid one.
+
+    Raises
+    ------
+    ValueError
+        outside the domain (δ ∉ (0, 1], ε ∉ (0, 1), non-positive integers, ``M, ν ≤ 0``, ``θ_pre_inf < 0``,
+        ``c ≤ 0``) and when ``A ≤ 0`` (then ``√A`` and the bound are undefined).
+    """
+    T, W, d, D = (check_positive_int(v, n) for v, n in ((T, "T"), (W, "W"), (d, "d"), (D, "D")))
+    eps = theorem1_eps(delta) if eps is None else eps
+    R = lemma4_radius(M, nu, r, W, eps)
+    return _theorem1_value(R, r=r, N=N, delta=delta, T=T, W=W, d=d, D=D, theta_pre_inf=theta_pre_inf, c=c)
+
+
+def corrected_upper_bound(*, r: int, N: int, delta: float, T: int, W: int, d: int, D: int, M: float, nu: float,
+                          theta_pre_inf: float, c: float = 1.0) -> float:
+    """Theorem 1's formula with a valid radius: :func:`kratsios_upper_bound` with ``R`` replaced by
+    ``R' = corrected_radius(M, ν, r, TW + D, ε)``, ``ε = 1 − √(1 − δ)``.
+
+    ``R'`` bounds ``max_t sup_{|A| ≤ M} ‖B^{(t)} A^{(t)}‖_∞ = M max_{t,i} Σ_k |B^{(t)}_{ik}|`` with probability
+    ``≥ 1 − ε`` (a union bound over the ``TW + D`` rows of all ``T + 1`` frozen factors). The same ``R'`` also
+    absorbs the factor ``‖B‖_{∞→∞}`` that the chain rule of Lemma 4's Step 3 needs: covering the box of ``A``
+    (radius ``M``) with the ``A``-Lipschitz constant ``‖B‖_{∞→∞} · 2^{cT}(R' + R₀)^{cT}`` gives the paper's
+    covering number ``((2R' + 2R₀)^{cT+1}/ϵ)^q``, so Theorem 1's form survives with ``R → R'``.
+    Arguments, return value and errors as in :func:`kratsios_upper_bound` (no ``eps`` override).
+    """
+    T, W, d, D = (check_positive_int(v, n) for v, n in ((T, "T"), (W, "W"), (d, "d"), (D, "D")))
+    R = corrected_radius(M, nu, r, T * W + D, theorem1_eps(delta))
+    return _theorem1_value(R, r=r, N=N, delta=delta, T=T, W=W, d=d, D=D, theta_pre_inf=theta_pre_inf, c=c)
+
+
+def first_nonvacuous_N(bound, *, N_max: int = 10**12) -> int | None:
+    """The smallest ``N ≤ N_max`` with ``bound(N) < 1`` for a bound that is non-increasing in ``N``
+    (bisection on integers), or ``None`` if ``bound(N_max) ≥ 1``.
+
+    ``bound`` : callable ``int -> float``, e.g. ``lambda N: kratsios_upper_bound(N=N, ...)``.
+    """
+    if not callable(bound):
+        raise ValueError(f"bound must be callable, got {type(bound).__name__}")
+    N_max = check_positive_int(N_max, "N_max")
+    if bound(N_max) >= 1:
+        return None
+    lo, hi = 0, N_max                       # bound(lo) ≥ 1 (lo = 0 stands for "none"), bound(hi) < 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if bound(mid) < 1:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def box_radius(B: torch.Tensor, M: float) -> torch.Tensor:
@@ -146,11 +220,16 @@ def box_radius(B: torch.Tensor, M: float) -> torch.Tensor:
 
 
 def corrected_radius(M: float, nu: float, r: int, W: int, eps: float) -> float:
-    """A valid high-probability bound on :func:`box_radius` for ``B ∈ R^{W×r}`` with i.i.d. ``N(0, ν²)`` entries:
+    """A valid high-probability bound on :func:`box_radius` for frozen factors with ``W`` rows in all (one
+    ``W × r`` factor, or ``TW + D`` rows over the ``T + 1`` factors of a network) and i.i.d. ``N(0, ν²)`` entries:
 
-    ``M ν (r √(2/π) + √(2 r log(W/ε)))``. Each row sum ``Σ_k |B_ik|`` is a ``ν√r``-Lipschitz function of a
-    Gaussian vector with mean ``ν r √(2/π)``, so Gaussian concentration and a union bound over the ``W`` rows give
-    probability ``≥ 1 − ε``. It grows like ``r``, not like ``√r`` as Lemma 4's ``R`` does.
+    ``R' = M ν (r √(2/π) + √(2 r log(W/ε)))``.
+
+    Each row sum ``Σ_k |B_ik|`` is a ``ν√r``-Lipschitz function of a Gaussian vector with mean ``ν r √(2/π)``, so
+    Gaussian concentration and a union bound over the ``W`` rows give probability ``≥ 1 − ε``. It grows like ``r``,
+    not like ``√r`` as Lemma 4's ``R`` (:func:`lemma4_radius`) does.
+
+    ``M, ν > 0``; ``r, W`` positive integers; ``ε ∈ (0, 1)``. Returns a float.
     """
     M, nu = _pos_float(M, "M"), _pos_float(nu, "nu")
     r, W = check_positive_int(r, "r"), check_positive_int(W, "W")
@@ -243,12 +322,13 @@ def loglog_slope(x: Sequence[float], runs, *, n_boot: int = 2000, level: float =
     return float(slope), float(lo), float(hi)
 
 
-def binomial_exceed_prob(N: int, s) -> np.ndarray:
-    """``P(s · |K/N − 1/2| > 1/N)`` for ``K ~ Binomial(N, 1/2)``, exactly.
+def binomial_exceed_prob(N: int, s, *, p: float = 0.5) -> np.ndarray:
+    """``P(s · |K/N − p| > 1/N)`` for ``K ~ Binomial(N, p)``, exactly.
 
-    In Theorem 2's setting (``d = D = 1``, zero biases, so ``f(0) = 0``; ``X ~ Bernoulli(1/2)``, ``Y = 0``,
-    loss ``|ŷ − y|``) the gap of a fixed ``f`` is ``|f(1)| · |K/N − 1/2|``, so with a witness ``|f(1)| = s`` this is
-    a lower bound on ``P(G > 1/N)``. ``s``: scalar or array of non-negative numbers; returns an array like ``s``.
+    In Theorem 2's setting (``d = D = 1``, zero biases, so ``f(0) = 0``; ``X ~ Bernoulli(p)`` with ``p = 1/2``,
+    ``Y = 0``, loss ``|ŷ − y|``) the gap of a fixed ``f`` is ``|f(1)| · |K/N − p|``, so with a witness ``|f(1)| = s``
+    this is a lower bound on ``P(G > 1/N)``. ``s``: scalar or array of non-negative numbers; ``p ∈ [0, 1]``
+    (``p = 1``: a constant input, which violates Assumption 1). Returns an array like ``s``.
     """
     from scipy.stats import binom
 
@@ -256,11 +336,79 @@ def binomial_exceed_prob(N: int, s) -> np.ndarray:
     s = np.asarray(s, dtype=float)
     if not np.all(np.isfinite(s)) or np.any(s < 0):
         raise ValueError("s must be finite and non-negative")
+    if isinstance(p, bool) or not (isinstance(p, (int, float, np.floating)) and 0 <= p <= 1):
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
     k = np.arange(N + 1)
-    pk = binom.pmf(k, N, 0.5)
-    dev = np.abs(k / N - 0.5)                                   # (N+1,)
+    pk = binom.pmf(k, N, p)
+    dev = np.abs(k / N - p)                                   # (N+1,)
     hit = s[..., None] * dev > 1.0 / N + 1e-12
     return (hit * pk).sum(-1)
+
+
+def theorem2_ratio(s, Ns: Sequence[int], *, delta: float, C: float = 3.0, p: float = 0.5) -> float:
+    """How far the witnesses ``s`` (one ``|f(1)|`` per draw of the frozen factors, 0 where a draw has no
+    admissible witness) satisfy Theorem 2: ``min_N P(G_s > 1/N) / ((1 − δ/2)(1 − C/√N))`` over the ``N`` of ``Ns``
+    with ``C/√N < 1``, where ``P(G_s > 1/N) = mean_draws P(s_i |K/N − p| > 1/N)`` (exact over the data,
+    :func:`binomial_exceed_prob`; the mean over draws is the probability over the frozen factors).
+
+    A value ``≥ 1`` means the theorem's bound holds at every ``N`` with the ``Θ(1/√N)`` term read as ``C/√N``.
+    ``δ ∈ (0, 1)``, ``C > 0``; at least one ``N`` must have ``C/√N < 1``.
+    """
+    s = np.asarray(s, dtype=float)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"s must be a non-empty 1-d array of witnesses, got shape {s.shape}")
+    delta = _open01(delta, "delta")
+    C = _pos_float(C, "C")
+    use = [check_positive_int(N, "N") for N in Ns if C / math.sqrt(N) < 1]
+    if not use:
+        raise ValueError(f"no N in Ns has C/sqrt(N) < 1 (C = {C}): the bound is trivial there")
+    ratios = [binomial_exceed_prob(N, s, p=p).mean() / ((1 - delta / 2) * (1 - C / math.sqrt(N))) for N in use]
+    return float(min(ratios))
+
+
+def local_slopes(x: Sequence[float], runs, *, n_boot: int = 2000, level: float = 0.95,
+                 generator: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local exponents of ``mean_runs(y)`` between consecutive positions:
+    ``a_k = (log ȳ_{k+1} − log ȳ_k) / (log x_{k+1} − log x_k)``, with percentile bootstrap intervals over runs.
+
+    Parameters
+    ----------
+    x : ``n ≥ 2`` positive, increasing positions.
+    runs : ``(n_runs, n)`` measurements; their means must be positive at every ``x``.
+    n_boot, level : bootstrap resamples of the runs and the interval's level in (0, 1).
+
+    Returns
+    -------
+    ``(slopes, lo, hi)``, each ``(n − 1,)``. A power law ``C x^a`` has every local slope equal to ``a``.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(runs.detach().cpu() if isinstance(runs, torch.Tensor) else runs, dtype=float)
+    if y.ndim == 1:
+        y = y[None]
+    if x.ndim != 1 or x.size < 2 or y.ndim != 2 or y.shape[1] != x.size:
+        raise ValueError(f"need x of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and runs must be finite (no NaN)")
+    if np.any(x <= 0) or np.any(np.diff(x) <= 0):
+        raise ValueError("x must be positive and increasing")
+    _open01(level, "level")
+    n_boot = check_positive_int(n_boot, "n_boot")
+    lx = np.log(x)
+
+    def slopes(means):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.diff(np.log(means)) / np.diff(lx)
+
+    means = y.mean(0)
+    if np.any(means <= 0):
+        raise ValueError("the mean over runs must be positive at every x to take log-log slopes")
+    rng = generator if generator is not None else np.random.default_rng(0)
+    idx = rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))
+    boots = np.stack([slopes(y[i].mean(0)) for i in idx])           # (n_boot, n-1), NaN where a mean ≤ 0
+    a = (1 - level) / 2
+    lo = np.nanquantile(boots, a, axis=0)
+    hi = np.nanquantile(boots, 1 - a, axis=0)
+    return slopes(means), lo, hi
 
 
 # ----------------------------------------------------------------------------- random-factor MLPs (batched)
@@ -525,20 +673,28 @@ def minilm_head_logits(cache: dict, A: torch.Tensor, B: torch.Tensor, rank_mask:
 
 # --------------------------------------------------------------------------------- the chapter's sweep unit
 def teacher_student_gaps(config: dict, *, progress: bool | str = False) -> dict:
-    """One teacher–student run of the chapter, batched over ``draws`` independent draws of (data, frozen ``B``).
+    """One teacher–student experiment of the chapter, batched over ``draws`` draws of (data, frozen ``B``).
 
     ``config`` keys: ``d, W, T, D`` (network), ``r`` (rank), ``N`` (training samples), ``draws``, ``steps``, ``lr``,
     ``M`` (box), ``nu`` (std of ``B``), ``noise`` (label noise std), ``n_test``, ``seed``, ``dtype`` (``"float32"`` or
-    ``"float64"``). The pretrained network and the teacher (another random MLP) depend only on ``seed``; every draw
-    gets its own training set, test set and frozen factors. The learner trains ``A`` (``|A_ij| ≤ M``) on the squared
-    error; gaps are measured with :func:`bounded_abs_loss`.
+    ``"float64"``). Optional keys:
+
+    * ``n_data`` and ``n_B`` (together): a crossed layout, ``n_data`` training/test sets × ``n_B`` frozen factors,
+      ``draws = n_data · n_B`` ordered data-major (draw ``i`` uses data set ``i // n_B`` and factor ``i % n_B``);
+      without them every draw has its own data and factor.
+    * ``ascent_steps`` (default 0), ``n_ascent``, ``n_eval``: if ``ascent_steps > 0``, also a lower estimate of the
+      uniform gap ``G`` by :func:`uniform_gap_lower` from the trained ``A`` and from ``A = 0``.
+
+    The pretrained network and the teacher (another random MLP) depend only on ``seed``. The learner trains ``A``
+    (``|A_ij| ≤ M``) on the squared error; gaps use :func:`bounded_abs_loss`.
 
     Returns
     -------
-    dict of numpy arrays over draws: ``gap``, ``se`` (Monte-Carlo error of the test risk), ``train``, ``test``
-    (risks), plus ``theta_pre_inf`` and ``max_abs_A`` (to check the box).
+    dict of numpy arrays over draws: ``gap`` (trained run, ``R̂_test − R^N``), ``se`` (Monte-Carlo error of the test
+    risk), ``train``, ``test`` (risks), ``gap_zero`` (the ``A = 0`` member, against its risk on 200,000 fresh
+    samples), ``G_lower`` (only with ascent); plus ``theta_pre_inf`` and ``max_abs_A`` (to check the box).
     """
-    need = {"d", "W", "T", "D", "r", "N", "draws", "steps", "lr", "M", "nu", "noise", "n_test", "seed", "dtype"}  # others ignored
+    need = {"d", "W", "T", "D", "r", "N", "draws", "steps", "lr", "M", "nu", "noise", "n_test", "seed", "dtype"}
     if not isinstance(config, dict) or not need <= set(config):
         raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(config["dtype"])
@@ -553,28 +709,59 @@ def teacher_student_gaps(config: dict, *, progress: bool | str = False) -> dict:
     teacher = make_mlp(d, W, T, D, generator=g, dtype=dtype)
     g = torch.Generator().manual_seed(int(config["seed"]) * 7919 + 31 * int(config["N"]) + int(config["r"]))
     S, N = check_positive_int(config["draws"], "draws"), check_positive_int(config["N"], "N")
-    to = lambda m: {**m, "weights": [w.to(dev) for w in m["weights"]], "biases": [b.to(dev) for b in m["biases"]]}
+    crossed = "n_data" in config or "n_B" in config
+    if crossed:
+        n_data, n_B = check_positive_int(config.get("n_data"), "n_data"), check_positive_int(config.get("n_B"), "n_B")
+        if n_data * n_B != S:
+            raise ValueError(f"a crossed layout needs draws = n_data * n_B, got {S} != {n_data} * {n_B}")
+    else:
+        n_data = n_B = S
+
+    def to(m):
+        return {**m, "weights": [w.to(dev) for w in m["weights"]], "biases": [b.to(dev) for b in m["biases"]]}
+
     mlp_d, teacher_d = to(mlp), to(teacher)
-    zeros = lambda n: ([torch.zeros(S, w.shape[0], 1, dtype=dtype, device=dev) for w in mlp["weights"]],
-                       [torch.zeros(S, 1, w.shape[1], dtype=dtype, device=dev) for w in mlp["weights"]])
 
-    def sample(n):
-        X = torch.rand(S, n, d, generator=g, dtype=dtype).to(dev)
-        eps = config["noise"] * torch.randn(S, n, D, generator=g, dtype=dtype).to(dev)
+    def zeros(k):
+        return ([torch.zeros(k, w.shape[0], 1, dtype=dtype, device=dev) for w in mlp["weights"]],
+                [torch.zeros(k, 1, w.shape[1], dtype=dtype, device=dev) for w in mlp["weights"]])
+
+    def sample(n, k):
+        X = torch.rand(k, n, d, generator=g, dtype=dtype).to(dev)
+        eps = config["noise"] * torch.randn(k, n, D, generator=g, dtype=dtype).to(dev)
         with torch.no_grad():
-            return X, lora_mlp_forward(X, teacher_d, *zeros(n)) + eps
+            return X, lora_mlp_forward(X, teacher_d, *zeros(k)) + eps
 
-    X, Y = sample(N)
-    Xt, Yt = sample(check_positive_int(config["n_test"], "n_test"))
-    Bs = draw_factors(mlp, config["r"], S, nu=config["nu"], generator=g, device=dev)
+    def spread(t):                                   # data sets → draws (data-major)
+        return t.repeat_interleave(S // n_data, 0) if crossed else t
+
+    X, Y = (spread(t) for t in sample(N, n_data))
+    Xt, Yt = (spread(t) for t in sample(check_positive_int(config["n_test"], "n_test"), n_data))
+    Bs = draw_factors(mlp, config["r"], n_B, nu=config["nu"], generator=g, device=dev)
+    if crossed:
+        Bs = [b.repeat(n_data, 1, 1) for b in Bs]
     As = train_frozen_factor(mlp_d, Bs, X, Y, M=config["M"], steps=config["steps"], lr=config["lr"], progress=progress)
+    zero_A = [torch.zeros_like(a) for a in As]
     with torch.no_grad():
         tr = bounded_abs_loss(lora_mlp_forward(X, mlp_d, Bs, As), Y)
         te = bounded_abs_loss(lora_mlp_forward(Xt, mlp_d, Bs, As), Yt)
         gap, se = gap_estimate(tr, te)
+        gz = torch.Generator().manual_seed(int(config["seed"]) + 10**6)
+        Xr = torch.rand(1, 200_000, d, generator=gz, dtype=dtype).to(dev)
+        Yr = lora_mlp_forward(Xr, teacher_d, *zeros(1)) + config["noise"] * torch.randn(
+            1, 200_000, D, generator=gz, dtype=dtype).to(dev)
+        z1 = [a[:1] for a in zero_A]
+        risk_zero = bounded_abs_loss(lora_mlp_forward(Xr, mlp_d, [b[:1] for b in Bs], z1), Yr).mean()
+        gap_zero = risk_zero - bounded_abs_loss(lora_mlp_forward(X, mlp_d, Bs, zero_A), Y).mean(-1)
     f = lambda t: t.double().cpu().numpy()
-    return {"gap": f(gap), "se": f(se), "train": f(tr.mean(-1)), "test": f(te.mean(-1)),
-            "theta_pre_inf": mlp["theta_pre_inf"], "max_abs_A": max(a.abs().max().item() for a in As)}
+    out = {"gap": f(gap), "se": f(se), "train": f(tr.mean(-1)), "test": f(te.mean(-1)), "gap_zero": f(gap_zero),
+           "theta_pre_inf": mlp["theta_pre_inf"], "max_abs_A": max(a.abs().max().item() for a in As)}
+    if int(config.get("ascent_steps", 0)) > 0:
+        asc = tuple(spread(t) for t in sample(check_positive_int(config["n_ascent"], "n_ascent"), n_data))
+        ev = tuple(spread(t) for t in sample(check_positive_int(config["n_eval"], "n_eval"), n_data))
+        out["G_lower"] = f(uniform_gap_lower(mlp_d, Bs, [As, zero_A], (X, Y), asc, ev, M=config["M"],
+                                             steps=int(config["ascent_steps"]), progress=progress))
+    return out
 
 
 def output_witness(mlp: dict, Bs: Sequence[torch.Tensor], M, *, target: float = 1.0, steps: int = 500,
@@ -597,11 +784,7 @@ def output_witness(mlp: dict, Bs: Sequence[torch.Tensor], M, *, target: float = 
     -------
     ``(S,)`` tensor ``s = |f(1)|`` at the trained, admissible ``A``.
     """
-    dims = _check_mlp(mlp)
-    if dims[0] != 1 or dims[-1] != 1:
-        raise ValueError(f"Theorem 2 needs d = D = 1, got d={dims[0]}, D={dims[-1]}")
-    if any((b != 0).any() for b in mlp["biases"]):
-        raise ValueError("Theorem 2's construction needs zero biases (make_mlp(..., bias=False))")
+    dims = _check_theorem2_mlp(mlp)
     S, r = Bs[0].shape[0], Bs[0].shape[2]
     dt, dev = Bs[0].dtype, Bs[0].device
     Mt = torch.as_tensor(M, dtype=dt, device=dev)
@@ -622,6 +805,147 @@ def output_witness(mlp: dict, Bs: Sequence[torch.Tensor], M, *, target: float = 
     batched_adam(As, loss_fn, steps, lr * Mt, project=project, progress=progress)
     with torch.no_grad():
         return lora_mlp_forward(one, mlp, Bs, [a.detach() for a in As])[:, 0, 0].abs()
+
+
+def _check_theorem2_mlp(mlp: dict) -> list[int]:
+    dims = _check_mlp(mlp)
+    if dims[0] != 1 or dims[-1] != 1:
+        raise ValueError(f"Theorem 2 needs d = D = 1, got d={dims[0]}, D={dims[-1]}")
+    if any((b != 0).any() for b in mlp["biases"]):
+        raise ValueError("Theorem 2's construction needs zero biases (make_mlp(..., bias=False))")
+    return dims
+
+
+def last_layer_witness(mlp: dict, Bs: Sequence[torch.Tensor], *, target: float = 1.0) -> dict:
+    """Theorem 2's witness in closed form, with the last layer alone.
+
+    With ``A^{(t)} = 0`` for ``t ≤ T`` the last hidden state at ``x = 1`` is the pretrained ``h = x^{(T+1)}(1)``.
+    The last frozen factor ``B = B^{(T+1)}`` is ``1 × r``, so ``B B^† = 1`` whenever ``B ≠ 0``, and
+    ``A^{(T+1)} = B^†(c − W^{(T+1)})`` with ``c = target · hᵀ/‖h‖²`` gives ``W^{(T+1)} + B A^{(T+1)} = c``, hence
+    ``f(1) = target`` exactly (and ``f(0) = 0``). The witness lies in the box ``|A_ij| ≤ M`` iff ``size ≤ M``.
+
+    Parameters
+    ----------
+    mlp : from :func:`make_mlp` with ``d = D = 1`` and zero biases.
+    Bs : frozen factors ``(S, d_{t+1}, r)``, ``T + 1`` of them.
+    target : the value of ``f(1)`` (``> 0``).
+
+    Returns
+    -------
+    dict with ``As`` (the witness factors, ``(S, r, d_t)`` each), ``f1`` ``(S,)`` (``f(1)`` at the witness),
+    ``size`` ``(S,)`` (``max_ij |A_ij|``; ``inf`` where no witness exists: ``h = 0`` or ``B = 0``).
+    """
+    dims = _check_theorem2_mlp(mlp)
+    target = _pos_float(target, "target")
+    L = len(dims) - 1
+    if len(Bs) != L:
+        raise ValueError(f"need {L} frozen factors, got {len(Bs)}")
+    S, dt, dev = Bs[0].shape[0], Bs[0].dtype, Bs[0].device
+    for t, B in enumerate(Bs):
+        _finite(B, f"Bs[{t}]")
+        if B.dim() != 3 or B.shape[:2] != (S, dims[t + 1]) or B.shape[2] != Bs[0].shape[2]:
+            raise ValueError(f"Bs[{t}] must have shape ({S}, {dims[t + 1]}, r), got {tuple(B.shape)}")
+    r = Bs[0].shape[2]
+    As = [torch.zeros(S, r, dims[t], dtype=dt, device=dev) for t in range(L)]
+    one = torch.ones(1, 1, dtype=dt, device=dev)
+    h = one
+    for t in range(L - 1):                                       # pretrained hidden state at x = 1
+        h = torch.relu(h @ mlp["weights"][t].to(dev).T)
+    h = h[0]                                                     # (W,)
+    hn = h.square().sum()
+    B = Bs[-1][:, 0, :]                                          # (S, r)
+    bn = B.square().sum(-1)                                      # (S,)
+    ok = (bn > 0) & (hn > 0)
+    c = target * h / hn.clamp_min(1e-300)                        # (W,)
+    w = mlp["weights"][-1].to(dev)[0]                            # (W,)
+    A_last = (B / bn.clamp_min(1e-300)[:, None])[:, :, None] * (c - w)[None, None, :]   # B^† (c − w): (S, r, W)
+    As[-1] = torch.where(ok[:, None, None], A_last, torch.zeros_like(A_last))
+    with torch.no_grad():
+        f1 = lora_mlp_forward(one, mlp, Bs, As)[:, 0, 0]
+    size = As[-1].abs().amax((-1, -2))
+    size = torch.where(ok, size, torch.full_like(size, math.inf))
+    return {"As": As, "f1": f1, "size": size}
+
+
+def paper_witness(mlp: dict, Bs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The construction of Theorem 2's proof, eq. (25): ``A^{(t)} = B^{(t)†}(Ī − W^{(t)})`` in every layer, with
+    ``Ī`` the ``d_{t+1} × d_t`` identity block (``torch.eye``). It emulates ``f(x) = x`` only if every
+    ``B^{(t)} B^{(t)†} = I``, which fails for ``B^{(t)} ∈ R^{d_{t+1}×r}`` with ``d_{t+1} > r``.
+
+    ``mlp`` with ``d = D = 1`` and zero biases; ``Bs`` ``(S, d_{t+1}, r)``. Returns ``f(1)`` ``(S,)``
+    (``1`` where the construction works).
+    """
+    dims = _check_theorem2_mlp(mlp)
+    if len(Bs) != len(dims) - 1:
+        raise ValueError(f"need {len(dims) - 1} frozen factors, got {len(Bs)}")
+    As = []
+    for t, B in enumerate(Bs):
+        _finite(B, f"Bs[{t}]")
+        Wt = mlp["weights"][t].to(B.device)
+        eye = torch.eye(dims[t + 1], dims[t], dtype=B.dtype, device=B.device)
+        As.append(torch.linalg.pinv(B) @ (eye - Wt))
+    one = torch.ones(1, 1, dtype=Bs[0].dtype, device=Bs[0].device)
+    with torch.no_grad():
+        return lora_mlp_forward(one, mlp, Bs, As)[:, 0, 0]
+
+
+def uniform_gap_lower(mlp: dict, Bs: Sequence[torch.Tensor], starts: Sequence[Sequence[torch.Tensor]],
+                      train: tuple[torch.Tensor, torch.Tensor], ascent: tuple[torch.Tensor, torch.Tensor],
+                      evaluation: tuple[torch.Tensor, torch.Tensor], *, M: float, steps: int, lr: float = 0.05,
+                      progress: bool | str = False) -> torch.Tensor:
+    """A lower estimate of the uniform gap ``G = sup_{|A_ij| ≤ M} |R(f_A) − R^N(f_A)|`` for each draw.
+
+    From each start and for both signs ``σ = ±1``, projected Adam maximises ``σ (R_a(f_A) − R^N(f_A))``, with
+    ``R_a`` the mean :func:`bounded_abs_loss` on an *ascent* sample and ``R^N`` on the training sample; the
+    result is scored by ``|R_e(f_A) − R^N(f_A)|`` on an independent *evaluation* sample (so the choice of ``A``
+    does not bias ``R_e``), and the largest score over starts and signs is returned. Every start is also scored
+    before the ascent. The estimate is a lower bound on ``G`` up to the Monte-Carlo error of ``R_e``.
+
+    Parameters
+    ----------
+    mlp, Bs : as in :func:`lora_mlp_forward` (``S`` draws).
+    starts : one or more lists of ``T+1`` factors ``A`` ``(S, r, d_t)`` inside the box.
+    train, ascent, evaluation : ``(X, Y)`` pairs, ``X`` ``(S, n, d)``, ``Y`` ``(S, n, D)``.
+    M : box size; steps, lr : Adam steps and step size relative to ``M``.
+
+    Returns
+    -------
+    ``(S,)`` tensor.
+    """
+    _check_mlp(mlp)
+    M = _pos_float(M, "M")
+    steps = check_positive_int(steps, "steps")
+    if not starts:
+        raise ValueError("starts must hold at least one list of factors")
+    for X, Y in (train, ascent, evaluation):
+        _finite(X, "X")
+        _finite(Y, "Y")
+
+    def risk(As, X, Y):
+        return bounded_abs_loss(lora_mlp_forward(X, mlp, Bs, As), Y).mean(-1)
+
+    def score(As):
+        with torch.no_grad():
+            return (risk(As, *evaluation) - risk(As, *train)).abs()
+
+    best = None
+    for A0 in starts:
+        if any((a.abs() > M * (1 + 1e-9)).any() for a in A0):
+            raise ValueError("every start must lie in the box |A_ij| <= M")
+        best = score(A0) if best is None else torch.maximum(best, score(A0))
+        for sign in (1.0, -1.0):
+            As = [a.detach().clone() for a in A0]
+
+            def loss_fn(step, As=As, sign=sign):
+                return -sign * (risk(As, *ascent) - risk(As, *train))
+
+            def project(As=As):
+                for a in As:
+                    a.clamp_(-M, M)
+
+            batched_adam(As, loss_fn, steps, lr * M, project=project, progress=progress)
+            best = torch.maximum(best, score([a.detach() for a in As]))
+    return best
 
 
 def chapter_setting(scale) -> dict:

@@ -36,7 +36,7 @@ __all__ = [
     "minilm_head_cache", "minilm_head_logits", "init_head_factors", "MODES", "teacher_student_gaps",
     "output_witness", "chapter_setting", "gap_sweep", "minilm_asymmetry_run", "theorem1_eps",
     "corrected_upper_bound", "first_nonvacuous_N", "theorem2_ratio", "local_slopes", "last_layer_witness",
-    "paper_witness", "uniform_gap_lower",
+    "paper_witness", "uniform_gap_lower", "rate_growth",
 ]
 
 MODES = ("A", "B", "both")
@@ -409,6 +409,29 @@ def local_slopes(x: Sequence[float], runs, *, n_boot: int = 2000, level: float =
     lo = np.nanquantile(boots, a, axis=0)
     hi = np.nanquantile(boots, 1 - a, axis=0)
     return slopes(means), lo, hi
+
+
+def rate_growth(Ns: Sequence[int], runs, *, rate: float = 0.5) -> float:
+    """How much ``mean_runs(y)(N) · N^rate`` grows over ``Ns``: ``max_k ȳ_k N_k^rate / (ȳ_0 N_0^rate)``.
+
+    A quantity that is ``O(N^{−rate})`` keeps this bounded; one that decays more slowly makes it grow.
+    ``Ns``: ``n ≥ 2`` positive increasing sample sizes; ``runs``: ``(n_runs, n)`` with positive means;
+    ``rate > 0``. Returns a float ``≥ 1``.
+    """
+    x = np.asarray(Ns, dtype=float)
+    y = np.asarray(runs.detach().cpu() if isinstance(runs, torch.Tensor) else runs, dtype=float)
+    if y.ndim == 1:
+        y = y[None]
+    if x.ndim != 1 or x.size < 2 or y.ndim != 2 or y.shape[1] != x.size:
+        raise ValueError(f"need Ns of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x <= 0) or np.any(np.diff(x) <= 0):
+        raise ValueError("Ns must be positive and increasing, and runs finite")
+    rate = _pos_float(rate, "rate")
+    m = y.mean(0)
+    if np.any(m <= 0):
+        raise ValueError("the mean over runs must be positive at every N")
+    scaled = m * x ** rate
+    return float(scaled.max() / scaled[0])
 
 
 # ----------------------------------------------------------------------------- random-factor MLPs (batched)

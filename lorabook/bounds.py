@@ -20,6 +20,7 @@ trained under ``|A_ij| ≤ M``.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -36,7 +37,7 @@ __all__ = [
     "minilm_head_cache", "minilm_head_logits", "init_head_factors", "MODES", "teacher_student_gaps",
     "output_witness", "chapter_setting", "gap_sweep", "minilm_asymmetry_run", "theorem1_eps",
     "corrected_upper_bound", "first_nonvacuous_N", "theorem2_ratio", "local_slopes", "last_layer_witness",
-    "paper_witness", "uniform_gap_lower", "rate_growth",
+    "paper_witness", "uniform_gap_lower", "rate_growth", "minilm_pool",
 ]
 
 MODES = ("A", "B", "both")
@@ -87,11 +88,11 @@ def lora_param_count(r: int, W: int, T: int, d: int, D: int) -> int:
 def lemma4_radius(M: float, nu: float, r: int, W: int, eps: float) -> float:
     """The radius of Lemma 4, ``R = M ν √(2 r log(2W/ε))`` (the paper's bound on ``‖B A‖_∞`` over the box).
 
-    ``M, ν > 0``; ``r, W`` positive integers; ``ε ∈ (0, 1)``.
+    ``M, ν > 0``; ``r, W`` positive integers; ``ε ∈ (0, 1]``.
     """
     M, nu = _pos_float(M, "M"), _pos_float(nu, "nu")
     r, W = check_positive_int(r, "r"), check_positive_int(W, "W")
-    eps = _open01(eps, "eps")
+    eps = _open01(eps, "eps", right_closed=True)
     return M * nu * math.sqrt(2 * r * math.log(2 * W / eps))
 
 
@@ -152,7 +153,7 @@ def kratsios_upper_bound(*, r: int, N: int, delta: float, T: int, W: int, d: int
     Raises
     ------
     ValueError
-        outside the domain (δ ∉ (0, 1], ε ∉ (0, 1), non-positive integers, ``M, ν ≤ 0``, ``θ_pre_inf < 0``,
+        outside the domain (δ ∉ (0, 1], ε ∉ (0, 1], non-positive integers, ``M, ν ≤ 0``, ``θ_pre_inf < 0``,
         ``c ≤ 0``) and when ``A ≤ 0`` (then ``√A`` and the bound are undefined).
     """
     T, W, d, D = (check_positive_int(v, n) for v, n in ((T, "T"), (W, "W"), (d, "d"), (D, "D")))
@@ -229,11 +230,11 @@ def corrected_radius(M: float, nu: float, r: int, W: int, eps: float) -> float:
     Gaussian concentration and a union bound over the ``W`` rows give probability ``≥ 1 − ε``. It grows like ``r``,
     not like ``√r`` as Lemma 4's ``R`` (:func:`lemma4_radius`) does.
 
-    ``M, ν > 0``; ``r, W`` positive integers; ``ε ∈ (0, 1)``. Returns a float.
+    ``M, ν > 0``; ``r, W`` positive integers; ``ε ∈ (0, 1]``. Returns a float.
     """
     M, nu = _pos_float(M, "M"), _pos_float(nu, "nu")
     r, W = check_positive_int(r, "r"), check_positive_int(W, "W")
-    eps = _open01(eps, "eps")
+    eps = _open01(eps, "eps", right_closed=True)
     return M * nu * (r * math.sqrt(2 / math.pi) + math.sqrt(2 * r * math.log(W / eps)))
 
 
@@ -671,20 +672,33 @@ def minilm_head_logits(cache: dict, A: torch.Tensor, B: torch.Tensor, rank_mask:
     :func:`lorabook.data.zero_shot_logit`. ``A`` ``(S, r, 1536)``, ``B`` ``(S, 384, r)``, ``rank_mask`` ``(S, r)``;
     returns ``(S, n)``. Equals running the layer with a :class:`lorabook.lora.LoRALinear` (``alpha=None``).
     """
-    from .data import label_directions, load_minilm
-
     if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
         raise ValueError(f"A must be (S, r, d_in) and B (S, d_out, r); got {tuple(A.shape)} and {tuple(B.shape)}")
     if rank_mask.shape != A.shape[:2]:
         raise ValueError(f"rank_mask must have shape {tuple(A.shape[:2])}, got {tuple(rank_mask.shape)}")
-    h, base, seg, n = cache["h"], cache["base"], cache["seg"], cache["n"]
+    h, base = cache["h"], cache["base"]
     if A.shape[2] != h.shape[1] or B.shape[1] != base.shape[1]:
         raise ValueError(f"factor sizes {tuple(A.shape)}, {tuple(B.shape)} do not fit the cached layer {h.shape[1]} → {base.shape[1]}")
+    return _head_logits_from_proj(cache, _head_proj(cache, A, rank_mask), B, directions)
+
+
+def _head_proj(cache: dict, A: torch.Tensor, rank_mask: torch.Tensor) -> torch.Tensor:
+    """``P = h Aᵀ`` for ``S`` adapters at once: ``(S, n_tok, r)`` (one GEMM)."""
+    S, r = A.shape[:2]
+    P = cache["h"] @ (A * rank_mask[..., None]).reshape(S * r, -1).T
+    return P.view(-1, S, r).transpose(0, 1)
+
+
+def _head_logits_from_proj(cache: dict, P: torch.Tensor, B: torch.Tensor,
+                           directions: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of :func:`minilm_head_logits` from the projections ``P = h Aᵀ`` ``(S, n_tok, r)``."""
+    from .data import label_directions, load_minilm
+
+    base, seg, n = cache["base"], cache["seg"], cache["n"]
     _, model = load_minilm()
     ln = model.encoder.layer[-1].output.LayerNorm
-    S, r = A.shape[:2]
-    P = h @ (A * rank_mask[..., None]).reshape(S * r, -1).T                     # one GEMM for all adapters
-    z = P.view(-1, S, r).transpose(0, 1) @ B.transpose(1, 2)                     # (S, n_tok, 384)
+    S = P.shape[0]
+    z = P @ B.transpose(1, 2)                                                    # (S, n_tok, 384)
     out = torch.nn.functional.layer_norm(base + z, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
     pooled = torch.zeros(S, n, out.shape[-1], dtype=out.dtype).index_add_(1, seg, out)
     counts = torch.zeros(n, dtype=out.dtype).index_add_(0, seg, torch.ones_like(seg, dtype=out.dtype))
@@ -1001,61 +1015,111 @@ def gap_sweep(base: dict, pairs: Sequence[tuple[int, int]], *, progress: bool = 
     return dict(zip(pairs, results))
 
 
-def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
-    """One data seed of the real-model experiment: LoRA on MiniLM's last dense layer, three modes × ranks, trained
-    on nested balanced subsets of Rotten Tomatoes snippets, evaluated with the 0–1 loss (no dropout).
+def _subset_cache(cache: dict, idx: Sequence[int]) -> dict:
+    """The tokens of snippets ``idx`` of a :func:`minilm_head_cache` result, renumbered ``0..len(idx)−1``."""
+    keep = torch.as_tensor(list(idx), dtype=torch.long)
+    tok = torch.isin(cache["seg"], keep)
+    remap = torch.full((cache["n"],), -1, dtype=torch.long)
+    remap[keep] = torch.arange(len(keep))
+    return {"h": cache["h"][tok], "base": cache["base"][tok], "seg": remap[cache["seg"][tok]], "n": len(keep)}
 
-    ``config`` keys: ``seed`` (data subset and random factors), ``n_per_class`` (list of training sizes per class,
-    nested), ``n_test``, ``ranks``, ``modes``, ``steps``, ``lr``. Training minimises the logistic loss of the zero-shot
-    logit (:func:`lorabook.data.zero_shot_logit`) by batched Adam, one batched program per training size; the
-    frozen factors get zero gradient. Returns dict with ``train_err``, ``test_err`` arrays
-    ``(len(n_per_class), len(modes)·len(ranks))`` (configs ordered mode-major), ``zero_shot_test_err`` and the
-    config lists.
+
+@functools.lru_cache(maxsize=2)
+def minilm_pool(n_per_class: int, n_dev: int, n_test: int, split_seed: int = 0) -> dict:
+    """MiniLM features (:func:`minilm_head_cache`) of a balanced Rotten Tomatoes training pool and of disjoint dev
+    and test snippets, computed once per process.
+
+    Parameters
+    ----------
+    n_per_class : training snippets per label; n_dev, n_test : sizes of the dev and test splits (random draws
+        from the remaining snippets, so with the corpus' label mix); split_seed : seed of the split.
+
+    Returns
+    -------
+    dict with ``train``, ``dev``, ``test`` caches, labels ``y_train`` (the ``n_per_class`` positives first),
+    ``y_dev``, ``y_test`` (float32 tensors), and the zero-shot 0–1 errors ``zero_shot`` (dict per split).
     """
-    from .data import label_directions, rotten_tomatoes_split
+    from .data import rotten_tomatoes_split
 
-    need = {"seed", "n_per_class", "n_test", "ranks", "modes", "steps", "lr"}
+    n_dev, n_test = check_positive_int(n_dev, "n_dev"), check_positive_int(n_test, "n_test")
+    split = rotten_tomatoes_split(n_per_class, n_dev + n_test, split_seed)
+    rest = split["test_texts"]
+    out = {"train": minilm_head_cache(split["train_texts"]), "dev": minilm_head_cache(rest[:n_dev]),
+           "test": minilm_head_cache(rest[n_dev:]),
+           "y_train": torch.as_tensor(split["train_labels"], dtype=torch.float32),
+           "y_dev": torch.as_tensor(split["test_labels"][:n_dev], dtype=torch.float32),
+           "y_test": torch.as_tensor(split["test_labels"][n_dev:], dtype=torch.float32)}
+    zero = init_head_factors(["A"], [1], 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out["zero_shot"] = {k: float(((minilm_head_logits(out[k], zero["A"], zero["B"], zero["rank_mask"])[0] > 0)
+                                      .float() != out[f"y_{k}"]).float().mean()) for k in ("train", "dev", "test")}
+    return out
+
+
+def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
+    """One seed of the real-model experiment: LoRA on MiniLM's last dense layer (1536 → 384) in several
+    (mode, rank, learning rate) configurations, trained on the same balanced Rotten Tomatoes snippets and
+    evaluated with the 0–1 loss on the training, dev and test splits of :func:`minilm_pool`.
+
+    ``config`` keys: ``pool`` (dict of :func:`minilm_pool`'s arguments), ``seed`` (frozen factors and
+    initialisation), ``configs`` (list of ``[mode, rank, lr]``, mode in :data:`MODES`), ``steps`` (full-batch
+    Adam steps on the logistic loss of the zero-shot logit), ``M`` (box: every *trained* entry is projected onto
+    ``[−M, M]`` after each step, the frozen random factor is not). Initialisations as
+    :func:`init_head_factors`. Configurations of equal (mode, rank) train in one batched program; with ``A``
+    frozen (mode ``"B"``) the projection ``h Aᵀ`` is computed once.
+
+    Returns
+    -------
+    dict with arrays over configs: ``train_err``, ``dev_err``, ``test_err``, ``train_loss``, ``at_box`` (fraction
+    of trained entries with ``|x| ≥ M(1 − 10⁻⁶)``), ``params`` (trainable parameters); the pool's ``zero_shot``
+    errors and the ``configs``.
+    """
+    need = {"pool", "seed", "configs", "steps", "M"}
     if not isinstance(config, dict) or not need <= set(config):
         raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")
-    sizes = sorted(int(n) for n in config["n_per_class"])
-    split = rotten_tomatoes_split(sizes[-1], int(config["n_test"]), int(config["seed"]))
-    n_max = sizes[-1]
-    c_all = minilm_head_cache(split["train_texts"])
-    c_te = minilm_head_cache(split["test_texts"])
-    y_all = torch.as_tensor(split["train_labels"], dtype=torch.float32)
-    y_te = torch.as_tensor(split["test_labels"], dtype=torch.float32)
-    dirs = label_directions()
-    modes = [m for m in config["modes"] for _ in config["ranks"]]
-    ranks = [int(r) for _ in config["modes"] for r in config["ranks"]]
-    r_max = max(ranks)
-    g = torch.Generator().manual_seed(int(config["seed"]) + 1)
-    f = init_head_factors(modes, ranks, r_max, generator=g)
-    tA, tB = f["train_A"][:, None, None], f["train_B"][:, None, None]
-    with torch.no_grad():
-        zs = minilm_head_logits(c_te, f["A"][:1] * 0, f["B"][:1] * 0, f["rank_mask"][:1], dirs)
-    zero_shot = float(((zs[0] > 0).float() != y_te).float().mean())
-    train_err, test_err = [], []
-    for n in sizes:
-        keep = torch.as_tensor(list(range(n)) + list(range(n_max, n_max + n)))      # first n of each class
-        tok = torch.isin(c_all["seg"], keep)
-        remap = torch.full((c_all["n"],), -1, dtype=torch.long)
-        remap[keep] = torch.arange(len(keep))
-        c_tr = {"h": c_all["h"][tok], "base": c_all["base"][tok], "seg": remap[c_all["seg"][tok]], "n": len(keep)}
-        y_tr = y_all[keep]
-        A, B = f["A"].clone(), f["B"].clone()
+    pool = minilm_pool(**config["pool"])
+    M, steps = _pos_float(config["M"], "M"), check_positive_int(config["steps"], "steps")
+    configs = [(str(m), int(r), float(lr)) for m, r, lr in config["configs"]]
+    if not configs:
+        raise ValueError("configs must list at least one [mode, rank, lr]")
+    d_in, d_out = pool["train"]["h"].shape[1], pool["train"]["base"].shape[1]
+    n = len(configs)
+    res = {k: np.zeros(n) for k in ("train_err", "dev_err", "test_err", "train_loss", "at_box", "params")}
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (m, r, lr) in enumerate(configs):
+        if m not in MODES:
+            raise ValueError(f"mode {m!r} is not one of {MODES}")
+        _pos_float(lr, "lr")
+        groups.setdefault((m, check_positive_int(r, "rank")), []).append(i)
+    y = pool["y_train"]
+    for (m, r), idx in groups.items():
+        g = torch.Generator().manual_seed(int(config["seed"]) * 1009 + r * 7 + MODES.index(m))
+        f = init_head_factors([m] * len(idx), [r] * len(idx), r, d_in=d_in, d_out=d_out, generator=g)
+        A, B, mask = f["A"].clamp(-M, M) if m == "both" else f["A"], f["B"], f["rank_mask"]
+        lr = torch.tensor([configs[i][2] for i in idx])
+        P_fixed = _head_proj(pool["train"], A, mask) if m == "B" else None
+        params = [B] if m == "B" else ([A] if m == "A" else [A, B])
 
-        def eff():
-            return tA * A + (1 - tA) * f["A"], tB * B + (1 - tB) * f["B"]
+        def logits(cache, P=None, A=A, B=B, mask=mask):
+            return _head_logits_from_proj(cache, _head_proj(cache, A, mask) if P is None else P, B)
 
-        def loss_fn(step):
-            lg = minilm_head_logits(c_tr, *eff(), f["rank_mask"], dirs)
-            return torch.nn.functional.binary_cross_entropy_with_logits(lg, y_tr.expand_as(lg), reduction="none").mean(1)
+        def loss_fn(step, y=y, P_fixed=P_fixed, logits=logits):
+            lg = logits(pool["train"], P_fixed)
+            return torch.nn.functional.binary_cross_entropy_with_logits(lg, y.expand_as(lg), reduction="none").mean(1)
 
-        batched_adam([A, B], loss_fn, int(config["steps"]), float(config["lr"]),
-                     progress=f"{progress} N={2 * n}" if isinstance(progress, str) else progress)
+        def project(params=params):
+            for p in params:
+                p.clamp_(-M, M)
+
+        batched_adam(params, loss_fn, steps, lr, project=project,
+                     progress=f"{progress} {m} r={r}" if isinstance(progress, str) else progress)
         with torch.no_grad():
-            Ae, Be = eff()
-            train_err.append(((minilm_head_logits(c_tr, Ae, Be, f["rank_mask"], dirs) > 0).float() != y_tr).float().mean(1))
-            test_err.append(((minilm_head_logits(c_te, Ae, Be, f["rank_mask"], dirs) > 0).float() != y_te).float().mean(1))
-    return {"train_err": torch.stack(train_err).numpy(), "test_err": torch.stack(test_err).numpy(),
-            "zero_shot_test_err": zero_shot, "modes": modes, "ranks": ranks, "N": [2 * n for n in sizes]}
+            A, B = A.detach(), B.detach()
+            for split in ("train", "dev", "test"):
+                lg = logits(pool[split], P_fixed if split == "train" else None, A, B)
+                res[f"{split}_err"][idx] = ((lg > 0).float() != pool[f"y_{split}"]).float().mean(1).numpy()
+            res["train_loss"][idx] = loss_fn(0, P_fixed=P_fixed, logits=lambda c, P: logits(c, P, A, B)).numpy()
+            trained = torch.cat([p.detach().reshape(len(idx), -1) for p in params], 1)
+            res["at_box"][idx] = (trained.abs() >= M * (1 - 1e-6)).double().mean(1).numpy()
+            res["params"][idx] = trained.shape[1]
+    return {**res, "zero_shot": dict(pool["zero_shot"]), "configs": configs}

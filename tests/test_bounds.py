@@ -421,3 +421,13 @@ def test_minilm_asymmetry_run_small():
         bd.minilm_asymmetry_run(dict(cfg, configs=[["C", 1, 1e-2]]))
     with pytest.raises(ValueError, match="lacks"):
         bd.minilm_asymmetry_run({"pool": pool})
+
+
+def test_random_feature_probe_small():
+    pool = bd.minilm_pool(n_per_class=6, n_dev=6, n_test=6, split_seed=1)
+    out = bd.random_feature_probe(pool, [2, None], Cs=(0.1, 1.0))
+    assert set(out) == {2, None} and all(0 <= v <= 1 for v in out.values())
+    with pytest.raises(ValueError, match="ranks"):
+        bd.random_feature_probe(pool, [])
+    with pytest.raises(ValueError, match="Cs"):
+        bd.random_feature_probe(pool, [2], Cs=(0.0,))

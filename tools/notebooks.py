@@ -34,12 +34,6 @@ WIDTH_PENDING = {
     "chapters/02_ntk_landscape/02_low_rank_solutions.py",
     "chapters/02_ntk_landscape/03_no_spurious_minima.py",
     "chapters/02_ntk_landscape/04_minilm.py",
-    "chapters/03_asymmetric_bounds/01_theorem1.py",
-    "chapters/03_asymmetric_bounds/02_single_run.py",
-    "chapters/03_asymmetric_bounds/03_rates.py",
-    "chapters/03_asymmetric_bounds/04_lower_bound.py",
-    "chapters/03_asymmetric_bounds/05_lipschitz.py",
-    "chapters/03_asymmetric_bounds/06_minilm_asymmetry.py",
     "chapters/04_choosing_a_rank/01_three_curves.py",
 }
 

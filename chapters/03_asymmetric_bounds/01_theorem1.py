@@ -92,11 +92,15 @@ def corrected(r, N, c=1.0):
 
 
 curves = {f: np.array([[f(r, N) for N in Ns] for r in ranks]) for f in (printed, corrected)}
-c_min = 1e-12                                       # c -> 0: the smallest bound over every c >= 0
-first = {f.__name__: {r: bd.first_nonvacuous_N(lambda N: f(r, N, c_min)) for r in ranks}
-         for f in (printed, corrected)}
-print(f"R0 = ||theta_pre||_inf = {mlp['theta_pre_inf']:.2f}; eps = 1 - sqrt(1 - delta) = "
-      f"{bd.theorem1_eps(delta):.4f}")
+c_min = 1e-12  # c -> 0: the smallest bound over every c >= 0
+first = {
+    f.__name__: {r: bd.first_nonvacuous_N(lambda N: f(r, N, c_min)) for r in ranks}
+    for f in (printed, corrected)
+}
+print(
+    f"R0 = ||theta_pre||_inf = {mlp['theta_pre_inf']:.2f}; eps = 1 - sqrt(1 - delta) = "
+    f"{bd.theorem1_eps(delta):.4f}"
+)
 print("smallest N with a bound below 1 (c -> 0), printed R:  ", first["printed"])
 print("smallest N with a bound below 1 (c -> 0), corrected R':", first["corrected"])
 
@@ -107,10 +111,19 @@ for i, r in enumerate(ranks):
     ax.plot(Ns, curves[printed][i], color=col, label=f"r = {r}")
     ax.plot(Ns, curves[corrected][i], color=col, linestyle=":")
 ax.plot([], [], "k:", label="with the corrected radius R'")
-ax.axhline(1.0, color=plotting.COLORS["theory"], linestyle="--", label="trivial bound (loss ≤ 1)")
-ax.axvspan(16, 4096, color=plotting.COLORS["other"], alpha=0.2, label="N trained on in this chapter")
-ax.set(xscale="log", yscale="log", xlabel="training samples N", ylabel="bound on the gap G",
-       title="Theorem 1 (c = 1, δ = 0.05) for the chapter's MLP")
+ax.axhline(
+    1.0, color=plotting.COLORS["theory"], linestyle="--", label="trivial bound (loss ≤ 1)"
+)
+ax.axvspan(
+    16, 4096, color=plotting.COLORS["other"], alpha=0.2, label="N trained on in this chapter"
+)
+ax.set(
+    xscale="log",
+    yscale="log",
+    xlabel="training samples N",
+    ylabel="bound on the gap G",
+    title="Theorem 1 (c = 1, δ = 0.05) for the chapter's MLP",
+)
 ax.legend(fontsize=8, ncol=2)
 
 # %% [markdown]
@@ -128,9 +141,22 @@ ax.legend(fontsize=8, ncol=2)
 
 # %% tags=["nbval-check-output"]
 worst = min(v for v in first["printed"].values() if v is not None)
-lb.claim("Theorem 1 is vacuous (above 1) for every N up to 10^4, at every rank and every c >= 0",
-         worst, ">", 10**4, kind="departure", label="Kratsios et al., Theorem 1 (vacuity)",
-         first_nonvacuous=first["printed"])
+lb.claim(
+    "Theorem 1 is vacuous (above 1) for every N up to 10^4, at every rank and every c >= 0",
+    worst,
+    ">",
+    10**4,
+    kind="departure",
+    label="Kratsios et al., Theorem 1 (vacuity)",
+    first_nonvacuous=first["printed"],
+)
 shift = max(first["corrected"][r] / first["printed"][r] for r in ranks)
-lb.claim("the corrected radius raises the first non-vacuous N by less than a factor of 2 at every rank",
-         shift, "<", 2.0, kind="sanity", ratio=shift)
+lb.claim(
+    "the corrected radius raises the first non-vacuous N by less than a factor of 2 at "
+    "every rank",
+    shift,
+    "<",
+    2.0,
+    kind="sanity",
+    ratio=shift,
+)

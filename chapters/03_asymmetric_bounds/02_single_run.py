@@ -52,7 +52,9 @@ import torch
 import lorabook as lb
 from lorabook import bounds as bd, plotting
 
-torch.set_num_threads(1)  # tiny batched programs: one thread avoids oversubscribing a shared CPU
+torch.set_num_threads(
+    1
+)  # tiny batched programs: one thread avoids oversubscribing a shared CPU
 scale = lb.get_scale()
 plotting.use_style()
 print(lb.describe())
@@ -63,17 +65,20 @@ base = dict(bd.chapter_setting(scale), draws=n_data * n_B, n_data=n_data, n_B=n_
 r = 4
 Ns = scale.pick(quick=[16, 64, 256], default=[16, 64, 256], paper=[16, 64, 256, 1024])
 res = bd.gap_sweep(base, [(r, N) for N in Ns])
-g = np.stack([res[(r, N)]["gap"].reshape(n_data, n_B) for N in Ns])   # (N, data set, factor)
+g = np.stack([res[(r, N)]["gap"].reshape(n_data, n_B) for N in Ns])  # (N, data set, factor)
 
 
 def split(gaps):
     """Variance over factors at fixed data, over data at fixed factor, and in total."""
-    return (gaps.var(-1, ddof=1).mean(-1), gaps.var(-2, ddof=1).mean(-1),
-            gaps.reshape(*gaps.shape[:-2], -1).var(-1, ddof=1))
+    return (
+        gaps.var(-1, ddof=1).mean(-1),
+        gaps.var(-2, ddof=1).mean(-1),
+        gaps.reshape(*gaps.shape[:-2], -1).var(-1, ddof=1),
+    )
 
 
 var_B, var_data, var_all = split(g)
-rng = np.random.default_rng(0)                 # bootstrap: resample data sets and factors independently
+rng = np.random.default_rng(0)  # bootstrap: resample data sets and factors independently
 boot = []
 for _ in range(500):
     i, j = rng.integers(0, n_data, n_data), rng.integers(0, n_B, n_B)
@@ -81,29 +86,53 @@ for _ in range(500):
     boot.append(vb / vd)
 ratio_lo, ratio_hi = np.quantile(np.array(boot), [0.025, 0.975], axis=0)
 mc_err = max(res[(r, N)]["se"].max() for N in Ns)
-print(f"{n_data} data sets x {n_B} frozen factors per N; Monte-Carlo error of a test risk "
-      f"<= {mc_err:.4f}")
+print(
+    f"{n_data} data sets x {n_B} frozen factors per N; Monte-Carlo error of a test risk "
+    f"<= {mc_err:.4f}"
+)
 for k, N in enumerate(Ns):
-    print(f"N={N:4d}: mean gap {g[k].mean():.3f}; sd over B {np.sqrt(var_B[k]):.3f}, "
-          f"over data {np.sqrt(var_data[k]):.3f}, total {np.sqrt(var_all[k]):.3f}; "
-          f"var_B/var_data {var_B[k] / var_data[k]:.2f} (95% CI {ratio_lo[k]:.2f}-{ratio_hi[k]:.2f})")
-sd_slopes = {name: np.diff(np.log(np.sqrt(v))) / np.diff(np.log(Ns))
-             for name, v in (("over B", var_B), ("over data", var_data), ("total", var_all))}
-print("local slopes of the sd in N:", {k: np.round(v, 2).tolist() for k, v in sd_slopes.items()})
+    print(
+        f"N={N:4d}: mean gap {g[k].mean():.3f}; sd over B {np.sqrt(var_B[k]):.3f}, "
+        f"over data {np.sqrt(var_data[k]):.3f}, total {np.sqrt(var_all[k]):.3f}; "
+        f"var_B/var_data {var_B[k] / var_data[k]:.2f} (95% CI "
+        f"{ratio_lo[k]:.2f}-{ratio_hi[k]:.2f})"
+    )
+sd_slopes = {
+    name: np.diff(np.log(np.sqrt(v))) / np.diff(np.log(Ns))
+    for name, v in (("over B", var_B), ("over data", var_data), ("total", var_all))
+}
+print(
+    "local slopes of the sd in N:", {k: np.round(v, 2).tolist() for k, v in sd_slopes.items()}
+)
 
 # %% tags=["hide-input"]
 fig, ax = plotting.subplots(2, width=4.8, height=3.7)
 for k, N in enumerate(Ns):
     x = np.full(n_data * n_B, np.log2(N)) + 0.25 * (rng.random(n_data * n_B) - 0.5)
     ax[0].scatter(x, g[k].ravel(), s=6, color=plotting.COLORS["lora_A"], alpha=0.5)
-ax[0].set(xticks=np.log2(Ns), xticklabels=[str(n) for n in Ns], xlabel="training samples N",
-          ylabel="gap of one run", title=f"gaps of {n_data * n_B} runs per N (r = {r})")
-for v, name, col in ((var_B, "over frozen B (data fixed)", "lora_A"),
-                     (var_data, "over data (B fixed)", "lora_B"), (var_all, "total", "theory")):
+ax[0].set(
+    xticks=np.log2(Ns),
+    xticklabels=[str(n) for n in Ns],
+    xlabel="training samples N",
+    ylabel="gap of one run",
+    title=f"gaps of {n_data * n_B} runs per N (r = {r})",
+)
+for v, name, col in (
+    (var_B, "over frozen B (data fixed)", "lora_A"),
+    (var_data, "over data (B fixed)", "lora_B"),
+    (var_all, "total", "theory"),
+):
     ax[1].plot(Ns, np.sqrt(v), "o-", color=plotting.COLORS[col], label=name)
-ax[1].plot(Ns, np.sqrt(var_all[0]) * (np.array(Ns) / Ns[0]) ** -0.5, "k:", label=r"$\propto N^{-1/2}$")
-ax[1].set(xscale="log", yscale="log", xlabel="training samples N", ylabel="standard deviation of the gap",
-          title="two sources of spread")
+ax[1].plot(
+    Ns, np.sqrt(var_all[0]) * (np.array(Ns) / Ns[0]) ** -0.5, "k:", label=r"$\propto N^{-1/2}$"
+)
+ax[1].set(
+    xscale="log",
+    yscale="log",
+    xlabel="training samples N",
+    ylabel="standard deviation of the gap",
+    title="two sources of spread",
+)
 ax[1].set_xticks(Ns, labels=[str(n) for n in Ns])
 ax[1].legend(fontsize=8)
 fig.tight_layout()
@@ -123,7 +152,14 @@ fig.tight_layout()
 # independently), so the margin is the room left beyond the sampling uncertainty of 64 runs.
 
 # %% tags=["nbval-check-output"]
-lb.claim("the frozen factor's draw moves one run's gap by at least a fifth as much (standard deviation) "
-         "as the data, at every N (lower end of the bootstrap interval)",
-         ratio_lo.min(), ">=", scale.pick(quick=1e-3, default=0.04, paper=0.04), kind="sanity",
-         ratio=list(var_B / var_data), lo=list(ratio_lo))
+lb.claim(
+    "the frozen factor's draw moves one run's gap by at least a fifth as much (standard "
+    "deviation) "
+    "as the data, at every N (lower end of the bootstrap interval)",
+    ratio_lo.min(),
+    ">=",
+    scale.pick(quick=1e-3, default=0.04, paper=0.04),
+    kind="sanity",
+    ratio=list(var_B / var_data),
+    lo=list(ratio_lo),
+)

@@ -56,7 +56,9 @@ import torch
 import lorabook as lb
 from lorabook import bounds as bd, plotting
 
-torch.set_num_threads(1)  # tiny batched programs: one thread avoids oversubscribing a shared CPU
+torch.set_num_threads(
+    1
+)  # tiny batched programs: one thread avoids oversubscribing a shared CPU
 scale = lb.get_scale()
 plotting.use_style()
 print(lb.describe())
@@ -64,23 +66,36 @@ print(lb.describe())
 # %%
 base = bd.chapter_setting(scale)
 r0, N0 = 4, 128
-Ns = scale.pick(quick=[16, 64, 256], default=[16, 32, 64, 128, 256, 512, 1024],
-                paper=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096])
+Ns = scale.pick(
+    quick=[16, 64, 256],
+    default=[16, 32, 64, 128, 256, 512, 1024],
+    paper=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+)
 ranks = scale.pick(quick=[1, 4, 12], default=[1, 2, 4, 8, 12], paper=[1, 2, 4, 8, 12, 15])
 res = bd.gap_sweep(base, [(r0, N) for N in Ns] + [(r, N0) for r in ranks])
-ascent = dict(base, draws=scale.pick(quick=8, default=16, paper=64), ascent_steps=scale.pick(
-    quick=40, default=100, paper=300), n_ascent=scale.pick(quick=300, default=1000, paper=4000),
-    n_eval=scale.pick(quick=1000, default=4000, paper=20000))
+ascent = dict(
+    base,
+    draws=scale.pick(quick=8, default=16, paper=64),
+    ascent_steps=scale.pick(quick=40, default=100, paper=300),
+    n_ascent=scale.pick(quick=300, default=1000, paper=4000),
+    n_eval=scale.pick(quick=1000, default=4000, paper=20000),
+)
 res_G = bd.gap_sweep(ascent, [(r0, N) for N in Ns])
-gap = np.stack([res[(r0, N)]["gap"] for N in Ns], 1)                    # (draws, len(Ns))
+gap = np.stack([res[(r0, N)]["gap"] for N in Ns], 1)  # (draws, len(Ns))
 gap_zero = np.abs(np.stack([res[(r0, N)]["gap_zero"] for N in Ns], 1))
-G_low = np.stack([res_G[(r0, N)]["G_lower"] for N in Ns], 1)            # (fewer draws, len(Ns))
+G_low = np.stack([res_G[(r0, N)]["G_lower"] for N in Ns], 1)  # (fewer draws, len(Ns))
 train_risk = np.array([res[(r0, N)]["train"].mean() for N in Ns])
 by_r = np.stack([res[(r, N0)]["gap"] for r in ranks], 1)
 _, np_gen = lb.seed_everything(1)
-slopes = {name: bd.local_slopes(Ns, y, generator=np_gen) for name, y in
-          (("G lower estimate", G_low), ("A = 0 member", gap_zero), ("trained run", gap),
-           ("trained run, |gap|", np.abs(gap)))}
+slopes = {
+    name: bd.local_slopes(Ns, y, generator=np_gen)
+    for name, y in (
+        ("G lower estimate", G_low),
+        ("A = 0 member", gap_zero),
+        ("trained run", gap),
+        ("trained run, |gap|", np.abs(gap)),
+    )
+}
 for name, (s, lo, hi) in slopes.items():
     print(f"local slopes in N, {name:18s}:", " ".join(f"{v:+.2f}" for v in s))
 print("training risk by N:", np.round(train_risk, 3), "(noise floor E min(1,|eps|) ~ 0.40)")
@@ -93,19 +108,32 @@ print(f"max over N of G_lower(N) sqrt(N) / (G_lower(N_min) sqrt(N_min)) = {growt
 
 # %% tags=["hide-input"]
 fig, ax = plotting.subplots(2, width=4.8, height=3.8)
-series = (("G lower estimate", G_low, "lora"), ("A = 0 member", gap_zero, "construction"),
-          ("trained run", gap, "lora_A"))
+series = (
+    ("G lower estimate", G_low, "lora"),
+    ("A = 0 member", gap_zero, "construction"),
+    ("trained run", gap, "lora_A"),
+)
 for name, y, col in series:
     plotting.band(ax[0], Ns, y, label=name, color=plotting.COLORS[col])
 ref = G_low.mean(0)[0] * (np.array(Ns) / Ns[0]) ** -0.5
 ax[0].plot(Ns, ref, "k:", label=r"$\propto N^{-1/2}$")
-ax[0].set(xscale="log", yscale="log", xlabel="training samples N", ylabel="gap (median, IQR)",
-          title=f"G and the trained gap (r = {r0})")
+ax[0].set(
+    xscale="log",
+    yscale="log",
+    xlabel="training samples N",
+    ylabel="gap (median, IQR)",
+    title=f"G and the trained gap (r = {r0})",
+)
 plotting.band(ax[1], ranks, by_r, label="trained run", color=plotting.COLORS["lora_A"])
 ref = by_r.mean(0)[0] * (np.array(ranks) / ranks[0]) ** 0.5
 ax[1].plot(ranks, ref, "k:", label=r"$\propto \sqrt{r}$")
-ax[1].set(xscale="log", yscale="log", xlabel="LoRA rank r", ylabel="gap (median, IQR)",
-          title=f"trained gap vs r (N = {N0})")
+ax[1].set(
+    xscale="log",
+    yscale="log",
+    xlabel="LoRA rank r",
+    ylabel="gap (median, IQR)",
+    title=f"trained gap vs r (N = {N0})",
+)
 for x, ticks in zip(ax, (Ns, ranks)):
     x.set_xticks(ticks, labels=[str(t) for t in ticks])
     x.xaxis.set_minor_formatter(NullFormatter())
@@ -138,13 +166,32 @@ fig.tight_layout()
 # `default`; $\pm 0.2$ at `quick`).
 
 # %% tags=["nbval-check-output"]
-lb.claim("the lower estimate of G times sqrt(N) grows by less than a factor 2 over N: the rate N^(-1/2)",
-         growth, "<", 2.0, kind="theorem", label="Kratsios et al., Theorem 1 (rate)",
-         control="test_controls_ch3.py::test_rate_check_fails_for_unbounded_loss",
-         G=list(G_low.mean(0)))
-lb.claim("the A = 0 member's gap decays like N^(-1/2) (fitted exponent within the CLT tolerance)",
-         abs(slope_zero + 0.5), "<=", scale.pick(quick=0.2, default=0.1, paper=0.1), kind="sanity",
-         slope=slope_zero)
-lb.claim("the trained run's mean gap decays faster than N^(-1/2) at the largest N (last local slope's "
-         "upper confidence end)", slopes["trained run"][2][-1], "<", -0.5, kind="sanity",
-         slopes=list(slopes["trained run"][0]))
+lb.claim(
+    "the lower estimate of G times sqrt(N) grows by less than a factor 2 over N: the rate "
+    "N^(-1/2)",
+    growth,
+    "<",
+    2.0,
+    kind="theorem",
+    label="Kratsios et al., Theorem 1 (rate)",
+    control="test_controls_ch3.py::test_rate_check_fails_for_unbounded_loss",
+    G=list(G_low.mean(0)),
+)
+lb.claim(
+    "the A = 0 member's gap decays like N^(-1/2) (fitted exponent within the CLT tolerance)",
+    abs(slope_zero + 0.5),
+    "<=",
+    scale.pick(quick=0.2, default=0.1, paper=0.1),
+    kind="sanity",
+    slope=slope_zero,
+)
+lb.claim(
+    "the trained run's mean gap decays faster than N^(-1/2) at the largest N (last local "
+    "slope's "
+    "upper confidence end)",
+    slopes["trained run"][2][-1],
+    "<",
+    -0.5,
+    kind="sanity",
+    slopes=list(slopes["trained run"][0]),
+)

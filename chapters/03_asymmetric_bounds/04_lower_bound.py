@@ -61,7 +61,9 @@ import torch
 import lorabook as lb
 from lorabook import bounds as bd, plotting
 
-torch.set_num_threads(1)  # tiny batched programs: one thread avoids oversubscribing a shared CPU
+torch.set_num_threads(
+    1
+)  # tiny batched programs: one thread avoids oversubscribing a shared CPU
 scale = lb.get_scale()
 plotting.use_style()
 print(lb.describe())
@@ -70,35 +72,52 @@ print(lb.describe())
 torch_gen, np_gen = lb.seed_everything(4)
 W, T, r, delta = 8, 2, 2, 0.1
 mlp = bd.make_mlp(1, W, T, 1, generator=torch_gen, bias=False)
-mlp["weights"][-1] *= 0.1       # a pretrained net with small |f(1)|: the witness must come from LoRA
+mlp["weights"][
+    -1
+] *= 0.1  # a pretrained net with small |f(1)|: the witness must come from LoRA
 draws = scale.pick(quick=200, default=2000, paper=20000)
 Bs = bd.draw_factors(mlp, r, draws, nu=1.0, generator=torch_gen)
 
-f_paper = bd.paper_witness(mlp, Bs)                          # eq. (25) as printed
-wit = bd.last_layer_witness(mlp, Bs, target=1.0)             # closed form, last layer only
+f_paper = bd.paper_witness(mlp, Bs)  # eq. (25) as printed
+wit = bd.last_layer_witness(mlp, Bs, target=1.0)  # closed form, last layer only
 Ms = [0.01, 0.03, 0.1, 0.3, 1.0]
 good = {M: float((wit["size"] <= M).double().mean()) for M in Ms}
 M_star = 1.0
-s = torch.where(wit["size"] <= M_star, wit["f1"].abs(), torch.zeros(draws, dtype=torch.float64))
+s = torch.where(
+    wit["size"] <= M_star, wit["f1"].abs(), torch.zeros(draws, dtype=torch.float64)
+)
 bad = torch.nonzero(wit["size"] > M_star).flatten()
-if len(bad):                                                  # fallback: projected Adam in the box
+if len(bad):  # fallback: projected Adam in the box
     s_opt = bd.output_witness(mlp, [b[bad] for b in Bs], M_star, target=1.0, steps=400)
     s[bad] = torch.where(s_opt >= 1 - 1e-6, s_opt, torch.zeros_like(s_opt))
 s = s.numpy()
 zero = [torch.zeros(1, r, w.shape[1], dtype=torch.float64) for w in mlp["weights"]]
 one = torch.ones(1, 1, dtype=torch.float64)
-s0 = abs(bd.lora_mlp_forward(one, mlp, [b[:1] for b in Bs], zero).item())   # the A = 0 member
-print(f"eq. (25): median |f(1) - 1| = {(f_paper - 1).abs().median().item():.3f}; "
-      f"closed form: max |f(1) - 1| = {(wit['f1'] - 1).abs().max().item():.1e}")
+s0 = abs(bd.lora_mlp_forward(one, mlp, [b[:1] for b in Bs], zero).item())  # the A = 0 member
+print(
+    f"eq. (25): median |f(1) - 1| = {(f_paper - 1).abs().median().item():.3f}; "
+    f"closed form: max |f(1) - 1| = {(wit['f1'] - 1).abs().max().item():.1e}"
+)
 print("fraction of draws with an admissible closed-form witness, per M:", good)
-print(f"fallback at M = {M_star}: {len(bad)} draws, {int((s[bad.numpy()] >= 1).sum())} rescued; "
-      f"|f_0(1)| = {s0:.3f}")
+print(
+    f"fallback at M = {M_star}: {len(bad)} draws, {int((s[bad.numpy()] >= 1).sum())} rescued; "
+    f"|f_0(1)| = {s0:.3f}"
+)
 
 Ns = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-exact = np.array([bd.binomial_exceed_prob(N, s).mean() for N in Ns])   # P over B and data, exactly
-n_mc = scale.pick(quick=50, default=200, paper=1000)                     # data sets per draw of B
-mc = np.array([(s[:, None] * np.abs(np_gen.binomial(N, 0.5, (draws, n_mc)) / N - 0.5)
-                > 1 / N + 1e-12).mean() for N in Ns])
+exact = np.array(
+    [bd.binomial_exceed_prob(N, s).mean() for N in Ns]
+)  # P over B and data, exactly
+n_mc = scale.pick(quick=50, default=200, paper=1000)  # data sets per draw of B
+mc = np.array(
+    [
+        (
+            s[:, None] * np.abs(np_gen.binomial(N, 0.5, (draws, n_mc)) / N - 0.5)
+            > 1 / N + 1e-12
+        ).mean()
+        for N in Ns
+    ]
+)
 mc_se = np.sqrt(exact * (1 - exact) / (draws * n_mc)) + 1e-12
 ratio = bd.theorem2_ratio(s, Ns, delta=delta, C=3.0)
 p_zero = np.array([bd.binomial_exceed_prob(N, s0).item() for N in Ns])
@@ -106,18 +125,42 @@ print(f"min over N of P(G > 1/N) / ((1 - delta/2)(1 - 3/sqrt N)) = {ratio:.3f}")
 
 # %% tags=["hide-input"]
 fig, ax = plotting.subplots(2, width=4.8, height=3.7)
-ax[0].plot(Ms, [good[M] for M in Ms], "o-", color=plotting.COLORS["lora_A"],
-           label="closed-form witness admissible")
-ax[0].axhline(1 - delta / 2, color=plotting.COLORS["theory"], linestyle="--", label=r"$1-\delta/2$")
-ax[0].set(xscale="log", xlabel="box size M", ylabel="fraction of draws of B",
-          title="good LoRA weights")
-ax[1].errorbar(Ns, mc, yerr=3 * mc_se, fmt="o", color=plotting.COLORS["lora_A"],
-               label="Monte Carlo over B and data (±3 s.e.)")
+ax[0].plot(
+    Ms,
+    [good[M] for M in Ms],
+    "o-",
+    color=plotting.COLORS["lora_A"],
+    label="closed-form witness admissible",
+)
+ax[0].axhline(
+    1 - delta / 2, color=plotting.COLORS["theory"], linestyle="--", label=r"$1-\delta/2$"
+)
+ax[0].set(
+    xscale="log",
+    xlabel="box size M",
+    ylabel="fraction of draws of B",
+    title="good LoRA weights",
+)
+ax[1].errorbar(
+    Ns,
+    mc,
+    yerr=3 * mc_se,
+    fmt="o",
+    color=plotting.COLORS["lora_A"],
+    label="Monte Carlo over B and data (±3 s.e.)",
+)
 ax[1].plot(Ns, exact, "-", color=plotting.COLORS["lora_A"], label="exact over the data")
-ax[1].plot(Ns, (1 - delta / 2) * (1 - 3 / np.sqrt(Ns)), "k--", label=r"$(1-\delta/2)(1-3/\sqrt{N})$")
+ax[1].plot(
+    Ns, (1 - delta / 2) * (1 - 3 / np.sqrt(Ns)), "k--", label=r"$(1-\delta/2)(1-3/\sqrt{N})$"
+)
 ax[1].plot(Ns, p_zero, ":", color=plotting.COLORS["construction"], label="A = 0 alone")
-ax[1].set(xscale="log", ylim=(-0.05, 1.05), xlabel="training samples N",
-          ylabel=r"$P(\mathbf{G} > 1/N)$", title=f"Theorem 2 (M = {M_star})")
+ax[1].set(
+    xscale="log",
+    ylim=(-0.05, 1.05),
+    xlabel="training samples N",
+    ylabel=r"$P(\mathbf{G} > 1/N)$",
+    title=f"Theorem 2 (M = {M_star})",
+)
 for a in ax:
     a.legend(fontsize=8)
 fig.tight_layout()
@@ -152,18 +195,51 @@ fig.tight_layout()
 # over $B$ and data with the exact value (3 standard errors) and record the $A = 0$ remark.
 
 # %% tags=["nbval-check-output"]
-lb.claim("the printed construction (25) does not emulate the identity: median |f(1) - 1| over draws",
-         (f_paper - 1).abs().median().item(), ">", 0.5, kind="departure",
-         label="Kratsios et al., Theorem 2 (proof, eq. 25)")
-lb.claim("at M = 1 an admissible witness with f(1) = 1 exists with probability at least 1 - delta/2",
-         good[M_star], ">=", 1 - delta / 2, kind="theorem",
-         label="Kratsios et al., Theorem 2 (good LoRA weights)",
-         control="test_controls_ch3.py::test_good_weights_fail_in_a_tiny_box", good=good)
-lb.claim("P(G > 1/N) >= (1 - delta/2)(1 - 3/sqrt(N)) at every N (ratio of the two sides)",
-         ratio, ">=", 1.0, kind="theorem", label="Kratsios et al., Theorem 2",
-         control=("test_controls_ch3.py::test_theorem2_fails_for_a_constant_input",
-                  "test_controls_ch3.py::test_theorem2_fails_in_a_tiny_box"))
-lb.claim("Monte Carlo over B and data matches the exact probability (largest deviation in standard "
-         "errors)", float(np.max(np.abs(mc - exact) / mc_se)), "<=", 3.0, kind="sanity")
-lb.claim("with A = 0 (no adapter) P(G > 1/N) already exceeds 3/4 at N = 1024", p_zero[-1], ">", 0.75,
-         kind="sanity", p_zero=list(p_zero))
+lb.claim(
+    "the printed construction (25) does not emulate the identity: median |f(1) - 1| over "
+    "draws",
+    (f_paper - 1).abs().median().item(),
+    ">",
+    0.5,
+    kind="departure",
+    label="Kratsios et al., Theorem 2 (proof, eq. 25)",
+)
+lb.claim(
+    "at M = 1 an admissible witness with f(1) = 1 exists with probability at least 1 - "
+    "delta/2",
+    good[M_star],
+    ">=",
+    1 - delta / 2,
+    kind="theorem",
+    label="Kratsios et al., Theorem 2 (good LoRA weights)",
+    control="test_controls_ch3.py::test_good_weights_fail_in_a_tiny_box",
+    good=good,
+)
+lb.claim(
+    "P(G > 1/N) >= (1 - delta/2)(1 - 3/sqrt(N)) at every N (ratio of the two sides)",
+    ratio,
+    ">=",
+    1.0,
+    kind="theorem",
+    label="Kratsios et al., Theorem 2",
+    control=(
+        "test_controls_ch3.py::test_theorem2_fails_for_a_constant_input",
+        "test_controls_ch3.py::test_theorem2_fails_in_a_tiny_box",
+    ),
+)
+lb.claim(
+    "Monte Carlo over B and data matches the exact probability (largest deviation in standard "
+    "errors)",
+    float(np.max(np.abs(mc - exact) / mc_se)),
+    "<=",
+    3.0,
+    kind="sanity",
+)
+lb.claim(
+    "with A = 0 (no adapter) P(G > 1/N) already exceeds 3/4 at N = 1024",
+    p_zero[-1],
+    ">",
+    0.75,
+    kind="sanity",
+    p_zero=list(p_zero),
+)

@@ -61,7 +61,9 @@ import torch
 import lorabook as lb
 from lorabook import bounds as bd, plotting
 
-torch.set_num_threads(1)  # tiny batched programs: one thread avoids oversubscribing a shared CPU
+torch.set_num_threads(
+    1
+)  # tiny batched programs: one thread avoids oversubscribing a shared CPU
 scale = lb.get_scale()
 plotting.use_style()
 print(lb.describe())
@@ -78,19 +80,28 @@ torch_gen, _ = lb.seed_everything(5)
 eps, M, nu, W, L = 0.1, 1.0, 0.5, 128, 3
 draws = scale.pick(quick=200, default=600, paper=10000)
 ranks = [1, 2, 4, 6, 8, 12, 16, 32, 64]
-cover = {k: [] for k in ("box, paper R", "box, corrected R'", "fixed A, paper R",
-                         "fixed A, union over all entries")}
-for r in ranks:                                     # draws x layers of W x r factors, batched
+cover = {
+    k: []
+    for k in (
+        "box, paper R",
+        "box, corrected R'",
+        "fixed A, paper R",
+        "fixed A, union over all entries",
+    )
+}
+for r in ranks:  # draws x layers of W x r factors, batched
     B = nu * torch.randn(draws, L, W, r, generator=torch_gen, dtype=torch.float64)
     A = M * torch.sign(torch.randn(L, r, W, generator=torch_gen, dtype=torch.float64))
-    box = bd.box_radius(B, M).amax(-1)                             # max over layers
+    box = bd.box_radius(B, M).amax(-1)  # max over layers
     entries = (B @ A).abs().amax((-1, -2, -3))
     R = bd.lemma4_radius(M, nu, r, W, eps)
-    R_box = bd.corrected_radius(M, nu, r, L * W, eps)               # union over all L*W rows
+    R_box = bd.corrected_radius(M, nu, r, L * W, eps)  # union over all L*W rows
     R_union = M * nu * math.sqrt(2 * r * math.log(2 * W * W * L / eps))
-    for k, (sup, rad) in zip(cover, ((box, R), (box, R_box), (entries, R), (entries, R_union))):
+    for k, (sup, rad) in zip(
+        cover, ((box, R), (box, R_box), (entries, R), (entries, R_union))
+    ):
         cover[k].append((sup <= rad).double().mean().item())
-se3 = 3 * math.sqrt(eps * (1 - eps) / draws)         # 3 s.e. of a frequency at 1 - eps
+se3 = 3 * math.sqrt(eps * (1 - eps) / draws)  # 3 s.e. of a frequency at 1 - eps
 for k, v in cover.items():
     print(f"{k:32s}", " ".join(f"{x:.2f}" for x in v))
 
@@ -111,33 +122,67 @@ ranks_net = [1, 2, 4, 8, 12, 15]
 factor = []
 for r in ranks_net:
     Bs = bd.draw_factors(mlp, r, pairs, nu=nu, generator=torch_gen)
-    A1 = [M / 2 * (2 * torch.rand(pairs, r, w.shape[1], generator=torch_gen, dtype=torch.float64) - 1)
-          for w in mlp["weights"]]
+    A1 = [
+        M
+        / 2
+        * (2 * torch.rand(pairs, r, w.shape[1], generator=torch_gen, dtype=torch.float64) - 1)
+        for w in mlp["weights"]
+    ]
     step = 0.01 * M * torch.sign(Bs[-1][:, 0, :])[:, :, None].expand_as(A1[-1])
-    A2 = A1[:-1] + [A1[-1] + step]                                  # stays in the box
+    A2 = A1[:-1] + [A1[-1] + step]  # stays in the box
     per_A = bd.lipschitz_ratio(x, mlp, Bs, A1, A2)
     dtheta = (Bs[-1] @ (A2[-1] - A1[-1])).abs().amax((-1, -2))
     per_theta = per_A * 0.01 * M / dtheta
     factor.append((per_A / per_theta).median().item())
 print("median ratio per A / ratio per BA, by rank:", dict(zip(ranks_net, np.round(factor, 2))))
-print("nu r sqrt(2/pi) (mean of ||B||_inf->inf for one row):",
-      np.round([nu * r * math.sqrt(2 / math.pi) for r in ranks_net], 2).tolist())
+print(
+    "nu r sqrt(2/pi) (mean of ||B||_inf->inf for one row):",
+    np.round([nu * r * math.sqrt(2 / math.pi) for r in ranks_net], 2).tolist(),
+)
 
 # %% tags=["hide-input"]
 fig, ax = plotting.subplots(2, width=4.8, height=3.8)
-styles = {"box, paper R": ("o-", "lora_A"), "box, corrected R'": ("s-", "construction"),
-          "fixed A, paper R": ("o--", "lora"), "fixed A, union over all entries": ("s--", "full")}
+styles = {
+    "box, paper R": ("o-", "lora_A"),
+    "box, corrected R'": ("s-", "construction"),
+    "fixed A, paper R": ("o--", "lora"),
+    "fixed A, union over all entries": ("s--", "full"),
+}
 for k, v in cover.items():
     ax[0].plot(ranks, v, styles[k][0], color=plotting.COLORS[styles[k][1]], label=k)
-ax[0].axhline(1 - eps, color=plotting.COLORS["theory"], linestyle=":", label=r"$1-\epsilon$ (claimed)")
-ax[0].set(xscale="log", ylim=(-0.05, 1.05), xlabel="LoRA rank r", ylabel="P(radius holds)",
-          title=f"Lemma 4, Step 2 ({L} layers, W = {W}, ε = {eps})")
-ax[1].plot(ranks_net, factor, "o-", color=plotting.COLORS["lora_A"], label="measured quotient (median)")
-ax[1].plot(ranks_net, [nu * r * math.sqrt(2 / math.pi) for r in ranks_net], "k:",
-           label=r"$\nu r\sqrt{2/\pi}$")
-ax[1].axhline(1.0, color=plotting.COLORS["theory"], linestyle="--", label="what Step 3 assumes")
-ax[1].set(xscale="log", yscale="log", xlabel="LoRA rank r", ylabel="Lipschitz ratio per A / per BA",
-          title="Lemma 4, Step 3: the missing factor")
+ax[0].axhline(
+    1 - eps, color=plotting.COLORS["theory"], linestyle=":", label=r"$1-\epsilon$ (claimed)"
+)
+ax[0].set(
+    xscale="log",
+    ylim=(-0.05, 1.05),
+    xlabel="LoRA rank r",
+    ylabel="P(radius holds)",
+    title=f"Lemma 4, Step 2 ({L} layers, W = {W}, ε = {eps})",
+)
+ax[1].plot(
+    ranks_net,
+    factor,
+    "o-",
+    color=plotting.COLORS["lora_A"],
+    label="measured quotient (median)",
+)
+ax[1].plot(
+    ranks_net,
+    [nu * r * math.sqrt(2 / math.pi) for r in ranks_net],
+    "k:",
+    label=r"$\nu r\sqrt{2/\pi}$",
+)
+ax[1].axhline(
+    1.0, color=plotting.COLORS["theory"], linestyle="--", label="what Step 3 assumes"
+)
+ax[1].set(
+    xscale="log",
+    yscale="log",
+    xlabel="LoRA rank r",
+    ylabel="Lipschitz ratio per A / per BA",
+    title="Lemma 4, Step 3: the missing factor",
+)
 for a in ax:
     a.legend(fontsize=7)
 fig.tight_layout()
@@ -158,15 +203,38 @@ fig.tight_layout()
 
 # %% tags=["nbval-check-output"]
 i8, i64 = ranks.index(8), ranks.index(64)
-lb.claim("Step 2's radius R fails over the box at r = 8: frequency below 1 - eps (3 s.e.)",
-         cover["box, paper R"][i8], "<", 1 - eps - se3, kind="departure",
-         label="Kratsios et al., Lemma 4 (Step 2)", freq=cover["box, paper R"])
-lb.claim("Step 2's union bound over rows alone fails for one fixed A at r = 64 (3 s.e.)",
-         cover["fixed A, paper R"][i64], "<", 1 - eps - se3, kind="departure",
-         label="Kratsios et al., Lemma 4 (Step 2, union bound)", freq=cover["fixed A, paper R"])
-lb.claim("Step 3's chain rule misses ||B||_inf->inf: the ratio per A exceeds the ratio per BA at r = 15",
-         factor[-1], ">", 1.0, kind="departure", label="Kratsios et al., Lemma 4 (Step 3)",
-         factor=factor)
-lb.claim("the corrected radii hold with probability at least 1 - eps at every rank (3 s.e.)",
-         min(cover["box, corrected R'"] + cover["fixed A, union over all entries"]), ">=", 1 - eps - se3,
-         kind="sanity")
+lb.claim(
+    "Step 2's radius R fails over the box at r = 8: frequency below 1 - eps (3 s.e.)",
+    cover["box, paper R"][i8],
+    "<",
+    1 - eps - se3,
+    kind="departure",
+    label="Kratsios et al., Lemma 4 (Step 2)",
+    freq=cover["box, paper R"],
+)
+lb.claim(
+    "Step 2's union bound over rows alone fails for one fixed A at r = 64 (3 s.e.)",
+    cover["fixed A, paper R"][i64],
+    "<",
+    1 - eps - se3,
+    kind="departure",
+    label="Kratsios et al., Lemma 4 (Step 2, union bound)",
+    freq=cover["fixed A, paper R"],
+)
+lb.claim(
+    "Step 3's chain rule misses ||B||_inf->inf: the ratio per A exceeds the ratio per BA at "
+    "r = 15",
+    factor[-1],
+    ">",
+    1.0,
+    kind="departure",
+    label="Kratsios et al., Lemma 4 (Step 3)",
+    factor=factor,
+)
+lb.claim(
+    "the corrected radii hold with probability at least 1 - eps at every rank (3 s.e.)",
+    min(cover["box, corrected R'"] + cover["fixed A, union over all entries"]),
+    ">=",
+    1 - eps - se3,
+    kind="sanity",
+)

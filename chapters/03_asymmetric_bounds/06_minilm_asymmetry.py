@@ -58,67 +58,144 @@ import lorabook as lb
 from lorabook import bounds as bd, plotting
 from lorabook.train import cached_sweep
 
-torch.set_num_threads(1)  # measured faster on a shared 2-core CPU; remove on an idle multi-core machine
+torch.set_num_threads(
+    1
+)  # measured faster on a shared 2-core CPU; remove on an idle multi-core machine
 scale = lb.get_scale()
 plotting.use_style()
 print(lb.describe())
 
 # %%
-pool = dict(n_per_class=scale.pick(quick=48, default=256, paper=1024),
-            n_dev=scale.pick(quick=100, default=300, paper=1000),
-            n_test=scale.pick(quick=150, default=700, paper=3000), split_seed=0)
-common = dict(pool=pool, steps=scale.pick(quick=25, default=50, paper=200), m=0.05,
-              scale=scale.name, version=2)
+pool = dict(
+    n_per_class=scale.pick(quick=48, default=256, paper=1024),
+    n_dev=scale.pick(quick=100, default=300, paper=1000),
+    n_test=scale.pick(quick=150, default=700, paper=3000),
+    split_seed=0,
+)
+common = dict(
+    pool=pool,
+    steps=scale.pick(quick=25, default=40, paper=200),
+    m=0.05,
+    scale=scale.name,
+    version=2,
+)
 grid = {"A": [3e-4, 1e-3, 3e-3], "B": [1e-2, 3e-2, 1e-1], "both": [3e-4, 1e-3, 3e-3]}
 r_dev = 4
-sel = cached_sweep("ch3_minilm_lr", [dict(common, seed=0, configs=[
-    [m, r_dev, lr] for m in bd.MODES for lr in grid[m]])], bd.minilm_asymmetry_run)[0]
-dev_err = {m: [e for c, e in zip(sel["configs"], sel["dev_err"]) if c[0] == m] for m in bd.MODES}
-lr = {m: grid[m][int(np.argmin(dev_err[m]))] for m in bd.MODES}      # ties: the smaller rate
+sel = cached_sweep(
+    "ch3_minilm_lr",
+    [dict(common, seed=0, configs=[[m, r_dev, lr] for m in bd.MODES for lr in grid[m]])],
+    bd.minilm_asymmetry_run,
+)[0]
+dev_err = {
+    m: [e for c, e in zip(sel["configs"], sel["dev_err"]) if c[0] == m] for m in bd.MODES
+}
+lr = {m: grid[m][int(np.argmin(dev_err[m]))] for m in bd.MODES}  # ties: the smaller rate
 print("dev error per learning rate:", {m: np.round(v, 3).tolist() for m, v in dev_err.items()})
 print("chosen learning rates:", lr)
 
 ranks = scale.pick(quick=[1, 4], default=[1, 2, 4, 8], paper=[1, 2, 4, 8, 16])
-budget = {"both": 4, "A": 5, "B": 20}                     # 7,680 trainable parameters each
+budget = {"both": 4, "A": 5, "B": 20}  # 7,680 trainable parameters each
 configs = [[m, r, lr[m]] for m in bd.MODES for r in ranks]
 configs += [[m, r, lr[m]] for m, r in budget.items() if r not in ranks]
 seeds = list(range(scale.pick(quick=2, default=5, paper=10)))
-runs = cached_sweep("ch3_minilm", [dict(common, seed=s, configs=configs) for s in seeds],
-                    bd.minilm_asymmetry_run)
+runs = cached_sweep(
+    "ch3_minilm",
+    [dict(common, seed=s, configs=configs) for s in seeds],
+    bd.minilm_asymmetry_run,
+)
 keys = [tuple(c[:2]) for c in runs[0]["configs"]]
-test = np.stack([r["test_err"] for r in runs])            # (seeds, configs)
+test = np.stack([r["test_err"] for r in runs])  # (seeds, configs)
 gap = test - np.stack([r["train_err"] for r in runs])
 zs = runs[0]["zero_shot"]["test"]
 mean, sd = test.mean(0), test.std(0, ddof=1)
 se = sd / np.sqrt(len(seeds))
 col = {k: i for i, k in enumerate(keys)}
-print(f"zero-shot test error {zs:.3f}; {len(seeds)} seeds; box hit by "
-      f"{np.max([r['at_box'] for r in runs]):.1%} of trained entries at most")
+print(
+    f"zero-shot test error {zs:.3f}; {len(seeds)} seeds; box hit by "
+    f"{np.max([r['at_box'] for r in runs]):.1%} of trained entries at most"
+)
 print("mode rank params | test error (mean ± sd) | minus zero-shot | gap (mean ± sd)")
 for k in keys:
     i = col[k]
-    print(f"{k[0]:>4} {k[1]:4d} {int(runs[0]['params'][i]):6d} | {mean[i]:.3f} ± {sd[i]:.3f} | "
-          f"{mean[i] - zs:+.3f} | {gap[:, i].mean():+.3f} ± {gap[:, i].std(ddof=1):.3f}")
+    print(
+        f"{k[0]:>4} {k[1]:4d} {int(runs[0]['params'][i]):6d} | {mean[i]:.3f} ± {sd[i]:.3f} | "
+        f"{mean[i] - zs:+.3f} | {gap[:, i].mean():+.3f} ± {gap[:, i].std(ddof=1):.3f}"
+    )
 
 # %% tags=["hide-input"]
 fig, ax = plotting.subplots(3, width=4.0, height=3.5)
-colors = {"A": plotting.COLORS["lora_A"], "B": plotting.COLORS["lora_B"], "both": plotting.COLORS["lora"]}
+colors = {
+    "A": plotting.COLORS["lora_A"],
+    "B": plotting.COLORS["lora_B"],
+    "both": plotting.COLORS["lora"],
+}
 names = {"A": "train A (B frozen)", "B": "train B (A frozen)", "both": "train both"}
 for m in bd.MODES:
     idx = [col[(m, r)] for r in ranks]
     ax[0].errorbar(ranks, mean[idx], yerr=sd[idx], fmt="o-", color=colors[m], label=names[m])
-    ax[1].errorbar(ranks, gap[:, idx].mean(0), yerr=gap[:, idx].std(0, ddof=1), fmt="o-",
-                   color=colors[m], label=names[m])
+    ax[1].errorbar(
+        ranks,
+        gap[:, idx].mean(0),
+        yerr=gap[:, idx].std(0, ddof=1),
+        fmt="o-",
+        color=colors[m],
+        label=names[m],
+    )
 for j, m in enumerate(bd.MODES):
     i = col[(m, budget[m])]
-    ax[2].bar(j - 0.2, mean[i], 0.4, yerr=sd[i], color=colors[m], label=f"{m}, r = {budget[m]}")
-    ax[2].bar(j + 0.2, gap[:, i].mean(), 0.4, yerr=gap[:, i].std(ddof=1), color=colors[m], alpha=0.4)
+    ax[2].bar(
+        j - 0.2, mean[i], 0.4, yerr=sd[i], color=colors[m], label=f"{m}, r = {budget[m]}"
+    )
+    ax[2].bar(
+        j + 0.2, gap[:, i].mean(), 0.4, yerr=gap[:, i].std(ddof=1), color=colors[m], alpha=0.4
+    )
 ax[0].axhline(zs, color=plotting.COLORS["theory"], linestyle="--", label="zero-shot")
 ax[2].axhline(zs, color=plotting.COLORS["theory"], linestyle="--")
-ax[0].set(xscale="log", xlabel="LoRA rank r", ylabel="test 0–1 error", title="equal rank: test error")
-ax[1].set(xscale="log", xlabel="LoRA rank r", ylabel="gap (test − train)", title="equal rank: gap")
-ax[2].set(xticks=range(3), xticklabels=list(bd.MODES), ylabel="test error (dark) / gap (light)",
-          title="equal budget (7,680 parameters)")
+ax[0].set(
+    xscale="log", xlabel="LoRA rank r", ylabel="test 0–1 error", title="equal rank: test error"
+)
+ax[1].set(
+    xscale="log", xlabel="LoRA rank r", ylabel="gap (test − train)", title="equal rank: gap"
+)
+ax[2].set(
+    xticks=range(3),
+    xticklabels=list(bd.MODES),
+    ylabel="test error (dark) / gap (light)",
+    title="equal budget (7,680 parameters)",
+)
 for a in ax:
     a.legend(fontsize=7)
 fig.tight_layout()
+
+# %% [markdown]
+# ## Why training B alone does not learn here
+#
+# With $A$ frozen, the update is $B(Ah)$: $B$ only sees $r$ random projections of the layer's 1536
+# activations. To first order in $B$, the best it can do is a linear classifier on the zero-shot logit plus
+# those $r$ projections of the mean-pooled activations. We fit that classifier (logistic regression,
+# regularisation chosen on the dev split) for random projections of several sizes, and with all 1536
+# coordinates — what a *learned* projection (training $A$) can reach.
+
+# %%
+probe_ranks = scale.pick(quick=[4, 20], default=[4, 20, 64, 256], paper=[4, 20, 64, 256])
+probe = bd.random_feature_probe(bd.minilm_pool(**pool), probe_ranks + [None])
+print("test error of the first-order probe:",
+      {("all 1536" if k is None else f"r = {k}"): round(v, 3) for k, v in probe.items()},
+      f"(zero-shot {zs:.3f})")
+
+# %% tags=["hide-input"]
+rng = np.random.default_rng(0)
+
+
+def gap_trend(m):
+    """Slope of the mean gap in log2(r) over all ranks; bootstrap interval over seeds."""
+    idx, x, n = [col[(m, r)] for r in ranks], np.log2(ranks), len(seeds)
+    fit = lambda g: np.polyfit(x, g[:, idx].mean(0), 1)[0]
+    boots = [fit(gap[rng.integers(0, n, n)]) for _ in range(1000)]
+    return fit(gap), *np.quantile(boots, [0.025, 0.975])
+
+
+trend = {m: gap_trend(m) for m in bd.MODES}
+for m, (s_, lo_, hi_) in trend.items():
+    print(f"gap slope per doubling of r, {m:>4}: {s_:+.3f} (95% CI {lo_:+.3f} .. {hi_:+.3f})")
+below = {k: (mean[col[k]] + 2 * se[col[k]]) - zs for k in keys}   # < 0: below zero-shot

@@ -37,7 +37,7 @@ __all__ = [
     "minilm_head_cache", "minilm_head_logits", "init_head_factors", "MODES", "teacher_student_gaps",
     "output_witness", "chapter_setting", "gap_sweep", "minilm_asymmetry_run", "theorem1_eps",
     "corrected_upper_bound", "first_nonvacuous_N", "theorem2_ratio", "local_slopes", "last_layer_witness",
-    "paper_witness", "uniform_gap_lower", "rate_growth", "minilm_pool", "random_feature_probe",
+    "paper_witness", "uniform_gap_lower", "rate_growth", "minilm_pool", "random_feature_probe", "balanced_error",
 ]
 
 MODES = ("A", "B", "both")
@@ -1037,7 +1037,8 @@ def minilm_pool(n_per_class: int, n_dev: int, n_test: int, split_seed: int = 0) 
     Returns
     -------
     dict with ``train``, ``dev``, ``test`` caches, labels ``y_train`` (the ``n_per_class`` positives first),
-    ``y_dev``, ``y_test`` (float32 tensors), and the zero-shot 0–1 errors ``zero_shot`` (dict per split).
+    ``y_dev``, ``y_test`` (float32 tensors), and the zero-shot balanced errors ``zero_shot`` (dict per split,
+    :func:`balanced_error`).
     """
     from .data import rotten_tomatoes_split
 
@@ -1051,9 +1052,25 @@ def minilm_pool(n_per_class: int, n_dev: int, n_test: int, split_seed: int = 0) 
            "y_test": torch.as_tensor(split["test_labels"][n_dev:], dtype=torch.float32)}
     zero = init_head_factors(["A"], [1], 1, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        out["zero_shot"] = {k: float(((minilm_head_logits(out[k], zero["A"], zero["B"], zero["rank_mask"])[0] > 0)
-                                      .float() != out[f"y_{k}"]).float().mean()) for k in ("train", "dev", "test")}
+        out["zero_shot"] = {k: balanced_error(minilm_head_logits(out[k], zero["A"], zero["B"],
+                                                                 zero["rank_mask"])[0], out[f"y_{k}"])
+                            for k in ("train", "dev", "test")}
     return out
+
+
+def balanced_error(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Balanced 0–1 error of ``logits > 0`` against 0/1 labels ``y``: the mean of the two classes' error rates
+    (insensitive to the label mix, which differs between a balanced training set and the corpus).
+
+    ``logits``, ``y``: ``(n,)`` tensors; both classes must occur in ``y``.
+    """
+    if logits.shape != y.shape or logits.dim() != 1:
+        raise ValueError(f"logits and y must be equal-length vectors, got {tuple(logits.shape)}, {tuple(y.shape)}")  # pragma: no mutate
+    pos = y > 0.5
+    if pos.all() or not pos.any():
+        raise ValueError("balanced error needs both classes in y")  # pragma: no mutate
+    wrong = (logits > 0) != pos
+    return 0.5 * (wrong[pos].double().mean().item() + wrong[~pos].double().mean().item())
 
 
 def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
@@ -1074,7 +1091,8 @@ def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
 
     Returns
     -------
-    dict with arrays over configs: ``train_err``, ``dev_err``, ``test_err``, ``train_loss``, ``at_box`` (fraction
+    dict with arrays over configs: ``train_err``, ``dev_err``, ``test_err`` (balanced 0–1 errors,
+    :func:`balanced_error`), ``train_loss``, ``at_box`` (fraction
     of trained entries on the box's boundary), ``params`` (trainable parameters); the pool's ``zero_shot``
     errors and the ``configs``.
     """
@@ -1138,8 +1156,8 @@ def minilm_asymmetry_run(config: dict, *, progress: bool | str = False) -> dict:
                 cache = pool[split]
                 Ps = P_train if split == "train" and P_train is not None else projections(cache, As)
                 for k, (i, Pc, Bc) in enumerate(zip(idx, Ps, Bs)):
-                    wrong = (_head_logits_from_proj(cache, Pc, Bc, dirs)[0] > 0).float() != pool[f"y_{split}"]
-                    res[f"{split}_err"][i] = wrong.float().mean().item()
+                    res[f"{split}_err"][i] = balanced_error(_head_logits_from_proj(cache, Pc, Bc, dirs)[0],
+                                                            pool[f"y_{split}"])
             res["train_loss"][idx] = losses(pool["train"], y, P_train, As, Bs).numpy()
             trained = Bs if m == "B" else (As if m == "A" else None)
             for k, i in enumerate(idx):
@@ -1158,7 +1176,7 @@ def random_feature_probe(pool: dict, ranks: Sequence[int | None], *, seed: int =
     Mode ``"B"`` changes MiniLM's last dense layer by ``B (A h)``: it only sees ``r`` random projections of the
     activations ``h``. This fits a logistic regression on the zero-shot logit plus the ``r`` projections
     ``A h̄`` of the mean-pooled activations (``A ~ N(0, 1/d_in)``, drawn from ``seed``), with the inverse
-    regularisation ``C`` chosen from ``Cs`` on the dev split, and reports its test 0–1 error. ``r = None`` uses
+    regularisation ``C`` chosen from ``Cs`` on the dev split, and reports its balanced test error. ``r = None`` uses
     all ``d_in`` coordinates: what a *learned* projection could reach.
 
     Parameters
@@ -1170,6 +1188,7 @@ def random_feature_probe(pool: dict, ranks: Sequence[int | None], *, seed: int =
     dict ``{r: test error}``.
     """
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
 
     if not ranks:
         raise ValueError("ranks must be non-empty")  # pragma: no mutate
@@ -1200,6 +1219,7 @@ def random_feature_probe(pool: dict, ranks: Sequence[int | None], *, seed: int =
         mu, sd = X["train"].mean(0), X["train"].std(0) + 1e-12
         X = {s: (v - mu) / sd for s, v in X.items()}
         fits = [LogisticRegression(C=C, max_iter=3000).fit(X["train"], data["train"][2]) for C in Cs]
-        best = min(fits, key=lambda f: 1 - f.score(X["dev"], data["dev"][2]))
-        out[r] = 1 - best.score(X["test"], data["test"][2])
+        err = lambda f, split: 1 - balanced_accuracy_score(data[split][2], f.predict(X[split]))
+        best = min(fits, key=lambda f: err(f, "dev"))
+        out[r] = float(err(best, "test"))
     return out

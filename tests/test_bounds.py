@@ -410,7 +410,7 @@ def test_teacher_student_crossed_layout_and_members():
 
 
 def test_minilm_asymmetry_run_small():
-    pool = dict(n_per_class=3, n_dev=4, n_test=5, split_seed=1)
+    pool = dict(n_per_class=4, n_dev=12, n_test=12, split_seed=1)
     cfg = dict(pool=pool, seed=0, steps=3, m=0.001,
                configs=[["A", 2, 1e-2], ["A", 2, 1e-3], ["B", 3, 1e-2], ["both", 1, 1e-2]])
     out = bd.minilm_asymmetry_run(cfg)
@@ -424,10 +424,21 @@ def test_minilm_asymmetry_run_small():
 
 
 def test_random_feature_probe_small():
-    pool = bd.minilm_pool(n_per_class=6, n_dev=6, n_test=6, split_seed=1)
+    pool = bd.minilm_pool(n_per_class=4, n_dev=12, n_test=12, split_seed=1)
     out = bd.random_feature_probe(pool, [2, None], Cs=(0.1, 1.0))
     assert set(out) == {2, None} and all(0 <= v <= 1 for v in out.values())
     with pytest.raises(ValueError, match="ranks"):
         bd.random_feature_probe(pool, [])
     with pytest.raises(ValueError, match="Cs"):
         bd.random_feature_probe(pool, [2], Cs=(0.0,))
+
+
+def test_balanced_error():
+    y = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    lg = torch.tensor([1.0, -1.0, 2.0, 3.0])          # positives: 1 of 3 wrong; negatives: 1 of 1 wrong
+    assert math.isclose(bd.balanced_error(lg, y), 0.5 * (1 / 3 + 1.0))
+    assert bd.balanced_error(torch.tensor([1.0, -1.0]), torch.tensor([1.0, 0.0])) == 0.0
+    with pytest.raises(ValueError, match="both classes"):
+        bd.balanced_error(lg, torch.ones(4))
+    with pytest.raises(ValueError, match="equal-length"):
+        bd.balanced_error(lg, y[:3])

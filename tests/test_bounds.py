@@ -442,3 +442,80 @@ def test_balanced_error():
         bd.balanced_error(lg, torch.ones(4))
     with pytest.raises(ValueError, match="equal-length"):
         bd.balanced_error(lg, y[:3])
+
+
+@pytest.mark.parametrize("fn", [bd.kratsios_upper_bound, bd.corrected_upper_bound])
+@pytest.mark.parametrize("name", ["r", "N", "T", "W", "d", "D"])
+def test_bound_names_each_bad_integer(fn, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be a positive integer"):
+        fn(**dict(HAND, **{name: 0}))
+
+
+@pytest.mark.parametrize("fn", [bd.kratsios_upper_bound, bd.corrected_upper_bound])
+@pytest.mark.parametrize("name, bad, match", [("M", 0.0, "^M must"), ("nu", -1.0, "^nu must"),
+                                              ("c", 0.0, "^c must"), ("delta", 0.0, "^delta="),
+                                              ("theta_pre_inf", -1.0, "^theta_pre_inf must"),
+                                              ("theta_pre_inf", "x", "^theta_pre_inf must")])
+def test_bound_names_each_bad_number(fn, name, bad, match):
+    with pytest.raises(ValueError, match=match):
+        fn(**dict(HAND, **{name: bad}))
+
+
+@pytest.mark.parametrize("fn", [bd.lemma4_radius, bd.corrected_radius])
+@pytest.mark.parametrize("i, name, bad", [(0, "M", 0.0), (1, "nu", 0.0), (2, "r", 0), (3, "W", 0),
+                                          (4, "eps", 1.5)])
+def test_radius_names_each_bad_argument(fn, i, name, bad):
+    args = [1.0, 1.0, 2, 4, 0.1]
+    args[i] = bad
+    with pytest.raises(ValueError, match=rf"^{name}"):
+        fn(*args)
+
+
+@pytest.mark.parametrize("i, name", [(0, "r"), (1, "W"), (2, "T"), (3, "d"), (4, "D")])
+def test_param_count_names_each_argument(i, name):
+    args = [2, 32, 3, 4, 1]
+    args[i] = 0
+    with pytest.raises(ValueError, match=rf"^{name} must"):
+        bd.lora_param_count(*args)
+
+
+def test_first_nonvacuous_N_is_exact():
+    for t in (2, 37, 38, 64, 999, 1000):
+        assert bd.first_nonvacuous_N(lambda N, t=t: 0.5 if N >= t else 1.0, N_max=1000) == t
+    assert bd.first_nonvacuous_N(lambda N: 1.5, N_max=100) is None      # between 1 and 2: still vacuous
+    assert bd.first_nonvacuous_N(lambda N: 1.0, N_max=100) is None      # exactly 1 is vacuous
+    with pytest.raises(ValueError, match="^N_max must"):
+        bd.first_nonvacuous_N(lambda N: 0.5, N_max=0)
+
+
+def test_box_radius_shapes_and_values():
+    B = torch.tensor([[1.0, -2.0], [0.5, 0.5]], dtype=torch.float64)      # row sums of |B|: 3 and 1
+    assert bd.box_radius(B, 2.0).item() == 6.0                              # a single (m, r) factor
+    B4 = torch.zeros(2, 3, 2, 2, dtype=torch.float64)                       # (draws, layers, m, r)
+    B4[1, 2, 0] = torch.tensor([1.0, -1.0])
+    out = bd.box_radius(B4, 1.0)
+    assert out.shape == (2, 3) and out[1, 2] == 2.0 and out.sum() == 2.0
+    with pytest.raises(ValueError, match="^M must"):
+        bd.box_radius(B, 0.0)
+    with pytest.raises(ValueError, match="^B must"):
+        bd.box_radius([[1.0]], 1.0)
+
+
+def test_corrected_radius_scales_and_eps_one():
+    # M = 2, nu = 0.5, r = 3, W = 8, eps = 0.1: 2 * 0.5 * (3 sqrt(2/pi) + sqrt(6 ln 80)) = 7.5212418
+    assert math.isclose(bd.corrected_radius(2.0, 0.5, 3, 8, 0.1), 7.5212418, rel_tol=1e-7)
+    # eps = 1 is allowed (delta = 1 in Theorem 1): sqrt(2/pi) + sqrt(2 ln 3) = 2.2801884
+    assert math.isclose(bd.corrected_radius(1.0, 1.0, 1, 3, 1.0), 2.2801884, rel_tol=1e-7)
+    assert math.isclose(bd.lemma4_radius(1.0, 1.0, 1, 2, 1.0), math.sqrt(2 * math.log(4)))
+
+
+def test_theorem2_ratio_edges():
+    from scipy.stats import binom
+    p16 = 1 - binom.pmf([7, 8, 9], 16, 0.5).sum()
+    assert math.isclose(bd.theorem2_ratio([1.0], [16], delta=0.1), p16 / (0.95 * 0.25))   # one draw
+    with pytest.raises(ValueError, match="no N"):
+        bd.theorem2_ratio([1.0], [9], delta=0.1, C=3.0)                     # C / sqrt(9) = 1: excluded
+    with pytest.raises(ValueError, match="^C must"):
+        bd.theorem2_ratio([1.0], [16], delta=0.1, C=0.0)
+    with pytest.raises(ValueError, match="^N must"):
+        bd.theorem2_ratio([1.0], [16, 0.5], delta=0.1, C=0.1)

@@ -519,3 +519,19 @@ def test_theorem2_ratio_edges():
         bd.theorem2_ratio([1.0], [16], delta=0.1, C=0.0)
     with pytest.raises(ValueError, match="^N must"):
         bd.theorem2_ratio([1.0], [16, 0.5], delta=0.1, C=0.1)
+
+
+def test_bound_values_in_each_regime():
+    # T = 2 (q = 1 * (2 * 1 + 1 + 1) = 4): A = (1 * 2 + 1) ln(5.0786680) = 4.8751470,
+    # first term 4 * 2 * 6 * sqrt(4.8751470) / 100 = 1.0598273 (min not saturated: 6 sqrt(qA/N) = 0.265)
+    assert math.isclose(bd.kratsios_upper_bound(**dict(HAND, T=2)), 1.0931295, rel_tol=1e-6)
+    # a small radius: M = 0.1 gives R = 0.2039334; R0 = 0.55: 2R + 2R0 = 1.5078668, A = 2 ln(.) = 0.8213919
+    # (0 < A < 1 is a valid bound): 4 sqrt(2) 6 sqrt(0.8213919) / 100 + 0.0333022 = 0.3409129
+    assert math.isclose(bd.kratsios_upper_bound(**dict(HAND, M=0.1, theta_pre_inf=0.55)), 0.3409129,
+                        rel_tol=1e-6)
+    # R0 = 0 is allowed: A = 2 ln(2 * 2.0393340) = 2.8115409 -> 0.6024151
+    assert math.isclose(bd.kratsios_upper_bound(**dict(HAND, theta_pre_inf=0.0)), 0.6024151, rel_tol=1e-6)
+    # delta = 1 is allowed: eps = 1, R = sqrt(2 ln 4) = 1.6651092, A = 2 ln(4.3302184) = 2.9312360,
+    # second term sqrt(8 ln 2 / 10^4) = 0.0235482 -> 0.6046492
+    assert bd.theorem1_eps(1.0) == 1.0
+    assert math.isclose(bd.kratsios_upper_bound(**dict(HAND, delta=1.0)), 0.6046492, rel_tol=1e-6)

@@ -3,15 +3,22 @@
 Contents
 --------
 * Bound formulas: :func:`lora_param_count` (eq. 7), :func:`lemma4_radius` (the radius ``R`` of Lemma 4),
-  :func:`kratsios_upper_bound` (Theorem 1), :func:`box_radius` (the exact ``sup_{|A|≤M} ‖BA‖_∞``) and
-  :func:`corrected_radius` (a high-probability bound on it that is valid for every rank).
-* Gap estimation: :func:`bounded_abs_loss`, :func:`gap_estimate`, :func:`loglog_slope`,
-  :func:`binomial_exceed_prob` (Theorem 2's anti-concentration term, exactly).
+  :func:`theorem1_eps` (the proof's ``ε`` for a given ``δ``), :func:`kratsios_upper_bound` (Theorem 1 as
+  printed), :func:`box_radius` (the exact ``sup_{|A|≤M} ‖BA‖_∞``), :func:`corrected_radius` (a valid
+  high-probability bound on it), :func:`corrected_upper_bound` (Theorem 1 with that radius) and
+  :func:`first_nonvacuous_N`.
+* Gap estimation: :func:`bounded_abs_loss`, :func:`gap_estimate`, :func:`uniform_gap_lower` (a lower estimate of
+  the uniform gap by gradient ascent over the box), :func:`loglog_slope`, :func:`local_slopes`,
+  :func:`rate_growth`.
+* Theorem 2: :func:`binomial_exceed_prob`, :func:`theorem2_ratio`, :func:`last_layer_witness` (closed form),
+  :func:`paper_witness` (eq. 25 as printed), :func:`output_witness` (by optimisation).
 * Random-factor MLPs in batched functional form (a leading batch dimension over draws × seeds):
   :func:`make_mlp`, :func:`draw_factors`, :func:`lora_mlp_forward`, :func:`train_frozen_factor`,
-  :func:`lipschitz_ratio`.
-* MiniLM's last feed-forward output layer with a LoRA update, batched over (mode, rank, seed):
-  :func:`minilm_head_cache`, :func:`minilm_head_logits`, :func:`init_head_factors`.
+  :func:`lipschitz_ratio`; the chapter's experiment :func:`teacher_student_gaps`, :func:`chapter_setting`,
+  :func:`gap_sweep`.
+* MiniLM's last feed-forward output layer with a LoRA update: :func:`minilm_head_cache`,
+  :func:`minilm_head_logits`, :func:`init_head_factors`, :func:`minilm_pool`, :func:`minilm_asymmetry_run`,
+  :func:`balanced_error`, :func:`random_feature_probe`.
 
 The network of the paper (eq. 2) is ``x^{(1)} = x``, ``x^{(t+1)} = σ((W^{(t)} + B^{(t)}A^{(t)}) x^{(t)} + b^{(t)})`` for
 ``t = 1..T`` and ``f(x) = (W^{(T+1)} + B^{(T+1)}A^{(T+1)}) x^{(T+1)} + b^{(T+1)}``, with ``σ = ReLU``, widths

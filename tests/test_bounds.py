@@ -535,3 +535,26 @@ def test_bound_values_in_each_regime():
     # second term sqrt(8 ln 2 / 10^4) = 0.0235482 -> 0.6046492
     assert bd.theorem1_eps(1.0) == 1.0
     assert math.isclose(bd.kratsios_upper_bound(**dict(HAND, delta=1.0)), 0.6046492, rel_tol=1e-6)
+
+
+def test_bounded_abs_loss_nonzero_targets():
+    pred = torch.tensor([[0.5, 0.25], [3.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[0.25, 0.5], [2.5, 0.0]], dtype=torch.float64)
+    assert torch.allclose(bd.bounded_abs_loss(pred, y), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="^pred "):
+        bd.bounded_abs_loss(pred * float("nan"), y)
+    with pytest.raises(ValueError, match="^y "):
+        bd.bounded_abs_loss(pred, y * float("nan"))
+
+
+def test_binomial_exceed_prob_edges():
+    from scipy.stats import binom
+    # p = 0: K = 0 always, no gap; N = 4, s = 2: 2 |K/4 - 1/2| > 1/4 iff K != 2 (K = 1, 3 give exactly 1/2 > 1/4)
+    assert bd.binomial_exceed_prob(6, 3.0, p=0.0).item() == 0.0
+    assert math.isclose(bd.binomial_exceed_prob(4, 2.0).item(), 1 - binom.pmf(2, 4, 0.5))
+    # the boundary is strict: s |K/N - 1/2| = 1/N exactly does not count (N = 4, s = 1, K = 1 or 3)
+    assert math.isclose(bd.binomial_exceed_prob(4, 1.0).item(), binom.pmf([0, 4], 4, 0.5).sum())
+    # integer witnesses are accepted as numbers
+    assert np.allclose(bd.binomial_exceed_prob(4, [1, 2]), [binom.pmf([0, 4], 4, 0.5).sum(), 1 - 0.375])
+    with pytest.raises(ValueError, match="^N must"):
+        bd.binomial_exceed_prob(0, 1.0)

@@ -205,17 +205,19 @@ below = {k: (mean[col[k]] + 2 * se[col[k]]) - zs for k in keys}   # < 0: below z
 # on one fixed training set of 512 snippets; errors are balanced, i.e. the mean of the two classes' error
 # rates, because the training set is balanced and the corpus is not).
 #
-# * **Training $A$ with $B$ frozen (the paper's setting) and training both learn**: their test error is
-#   below the zero-shot head's at every rank from $r = 2$ on, by a few points.
+# * **Training $A$ with $B$ frozen (the paper's setting) and training both learn**: with the zero-shot
+#   head at a balanced test error of 0.297, training $A$ reaches 0.287, 0.275, 0.267, 0.264 at
+#   $r = 1, 2, 4, 8$ and training both 0.282, 0.279, 0.268, 0.266 (standard deviations over seeds
+#   0.001–0.012); only $A$ at $r = 1$ is not clearly below zero-shot.
 # * **Training $B$ with $A$ frozen does not learn** at any rank up to 20: its test error stays at or above
-#   the zero-shot level while its training error falls. The probe above says why, to first order: $r$
+#   the zero-shot level (0.298 at $r = 1$ up to 0.315 at $r = 20$) while its training error falls. The probe above says why, to first order: $r$
 #   random projections of the activations carry little of the sentiment signal that the zero-shot head does
-#   not already use — a classifier on them stays near the zero-shot error up to $r = 64$ — whereas all 1536
-#   coordinates (what a learned $A$ can select from) improve on it. Zhu et al.'s asymmetry (train $B$, freeze
+#   not already use — a classifier on them stays near the zero-shot error up to $r = 20$ and improves on it
+#   only from $r \approx 64$–$256$ — whereas all 1536 coordinates (what a learned $A$ can select from) do. Zhu et al.'s asymmetry (train $B$, freeze
 #   a random $A$) relies on $B$ producing many output directions; here the output is read along one fixed
 #   direction of the embedding, and the information sits in the *input* features, which only $A$ can select.
-# * **At equal budget** (7,680 trainable parameters) training $A$ at $r = 5$ is best and training $B$ at
-#   $r = 20$ worst: the guideline "freeze $A$ and spend the budget on a larger rank for $B$" does not hold on
+# * **At equal budget** (7,680 trainable parameters) training $A$ at $r = 5$ is best (0.262), training
+#   both at $r = 4$ close (0.268) and training $B$ at $r = 20$ worst (0.315): the guideline "freeze $A$ and spend the budget on a larger rank for $B$" does not hold on
 #   this layer and task. One model and one layer do not refute a heuristic; they show that which factor to
 #   freeze depends on where the task's information enters.
 # * **The gap grows with the rank in every mode** (slopes per doubling of $r$ printed above, with intervals
@@ -226,6 +228,9 @@ below = {k: (mean[col[k]] + 2 * se[col[k]]) - zs for k in keys}   # < 0: below z
 # The checks below are measurements of our experiment (kind sanity; the paper has no theorem to test here).
 # Their tolerance is two standard errors over the five seeds, the sampling uncertainty of a mean over
 # seeds; the probe's margin of 0.02 is about one standard error of a balanced error on 700 test snippets.
+# At `quick` (96 training snippets, 25 steps, two seeds — for CI) no adapter learns and everything
+# overfits; there the limits are loosened so that the checks only confirm that the pipeline runs, and
+# the ledger shows them with the `quick` scale.
 
 # %% tags=["nbval-check-output"]
 learners = [(m, r) for m in ("A", "both") for r in ranks if r >= 2]
@@ -234,7 +239,7 @@ lb.claim(
     "(mean test error + 2 s.e. below zero-shot)",
     max(below[k] for k in learners),
     "<",
-    0.0,
+    scale.pick(quick=0.2, default=0.0, paper=0.0),
     kind="sanity",
     worst=max(learners, key=lambda k: below[k]),
 )
@@ -243,15 +248,16 @@ lb.claim(
     "(mean test error - 2 s.e. above zero-shot - 0.01)",
     min(mean[col[k]] - 2 * se[col[k]] - zs for k in keys if k[0] == "B"),
     ">",
-    -0.01,
+    scale.pick(quick=-0.1, default=-0.01, paper=-0.01),
     kind="sanity",
 )
+small = [k for k in probe if k is not None and k <= budget["B"]]
 lb.claim(
-    "r random projections of the activations leave a first-order classifier near the zero-shot "
-    "error up to the largest probed r (within 0.02)",
-    min(v for k, v in probe.items() if k is not None) - zs,
+    "with as many random projections as B's largest rank, a first-order classifier stays near the "
+    "zero-shot error (within 0.02)",
+    min(probe[k] for k in small) - zs,
     ">",
-    -0.02,
+    scale.pick(quick=-0.05, default=-0.02, paper=-0.02),
     kind="sanity",
     probe=str(probe),
 )
@@ -259,20 +265,20 @@ lb.claim(
     "all 1536 coordinates let the same classifier beat the zero-shot head by more than 0.02",
     zs - probe[None],
     ">",
-    0.02,
+    scale.pick(quick=-0.15, default=0.02, paper=0.02),
     kind="sanity",
 )
 lb.claim(
     "at equal budget, training B at rank 20 has the highest mean test error of the three modes",
     mean[col[("B", budget["B"])]] - max(mean[col[(m, budget[m])]] for m in ("A", "both")),
     ">",
-    0.0,
+    scale.pick(quick=-0.05, default=0.0, paper=0.0),
     kind="sanity",
 )
 lb.claim(
     "the gap grows with the rank in every mode (lower end of the slope's bootstrap interval > 0)",
     min(t[1] for t in trend.values()),
     ">",
-    0.0,
+    scale.pick(quick=-0.05, default=0.0, paper=0.0),
     kind="sanity",
 )

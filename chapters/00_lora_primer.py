@@ -189,6 +189,7 @@ plotting.band(ax, 10 * np.arange(1, trace.shape[0] + 1), trace.numpy().T + 1e-16
 ax.set(yscale="log", xlabel="Adam step", ylabel=r"$(\mathrm{cost} - \|X\|_*)/\|X\|_*$",
        title=f"{n_mats} random rank-{r} matrices: factor weight decay → nuclear norm")
 ax.legend()
+fig.tight_layout()
 
 # %% [markdown]
 # Three checks. The balanced factorisation costs exactly $\norm{X}_*$: an SVD identity, held to $10^{-12}$ (float64
@@ -255,6 +256,7 @@ plotting.mark_threshold(ax, true_rank, label=r"$\mathrm{rank}\,\Delta^\star$")
 ax.set(yscale="log", xlabel="LoRA rank $r$", ylabel=r"$\|BA-\Delta^\star\|_F^2$",
        title="LoRA reaches the truncated SVD")
 ax.legend()
+fig.tight_layout()
 
 # %% tags=["nbval-check-output"]
 lb.claim("trained LoRA error matches the Eckart-Young optimum at every rank", excess, "<=",

@@ -325,7 +325,7 @@ def check_inventory(rows: Iterable[Row] = INVENTORY) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- rendering
 
 BADGE = {"reproduced": "bdg-success", "departure": "bdg-warning", "failed": "bdg-danger",
-         "offline": "bdg-secondary", "not attempted": "bdg-light"}
+         "offline": "bdg-info", "not attempted": "bdg-light"}
 TEXT = {"reproduced": "reproduced", "departure": "with a departure", "failed": "failed",
         "offline": "not reproducible offline", "not attempted": "not attempted"}
 
@@ -360,16 +360,17 @@ def _evidence(row: Row, out: Outcome) -> str:
 
 
 def paper_table(paper: str, records: list[dict], rows: Iterable[Row] = INVENTORY) -> str:
-    """The MyST table of one paper: result, what it says, the book section(s), status, evidence."""
-    lines = ["| result | what it says | book section | status | evidence |", "|---|---|---|---|---|"]
+    """The MyST table of one paper: the result, what it says, and its status with the book section(s) that test it
+    and the evidence (or the reason nothing does)."""
+    lines = ["| result | what it says | status, section and evidence |", "|---|---|---|"]
     for row in rows:
         if row.paper != paper:
             continue
         out = outcome(row, records)
         result = row.result + {"slides": "", "paper": "", "none": ""}.get(row.numbering, f" ({row.numbering})")
-        sections = "; ".join(f"{{doc}}`/{d}`" for d in out.docs) or "—"
-        lines.append(f"| **{_cell(result)}** | {_cell(row.summary)} | {sections} | {badge(out.status)} | "
-                     f"{_cell(_evidence(row, out))} |")
+        sections = ", ".join(f"{{doc}}`/{d}`" for d in out.docs)
+        status = " — ".join(p for p in (badge(out.status), sections, _evidence(row, out)) if p)
+        lines.append(f"| **{_cell(result)}** | {_cell(row.summary)} | {_cell(status)} |")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Theorem boxes that carry the papers' own numbers.
+"""What the reader sees: theorem boxes that carry the papers' own numbers, and no object reprs in outputs.
 
 sphinx-proof numbers every box across the book ("Lemma 3") and wraps the title in parentheses. A box that restates a
 paper's result is written with the paper's label as its title, ``:nonumber:`` and ``:class: paper``::
@@ -14,8 +14,14 @@ For such a box this extension renders the title alone as the heading (no book-wi
 and a ``{prf:ref}`` to it reads as the paper's label: the title up to its first " — " ("Zeng & Lee, Lemma 1").
 Paper boxes are tagged "as stated in the paper"; the book's own results (no ``paper`` class) keep sphinx-proof's
 numbering and are tagged "this book".
+
+A plotting cell whose last line is ``ax.legend()`` shows ``<matplotlib.legend.Legend at 0x7f…>`` under the figure:
+an object's default repr (with a memory address that changes every run) is never meant for the reader, so such
+plain-text outputs are dropped from the pages.
 """
 from __future__ import annotations
+
+import re
 
 from docutils import nodes
 from sphinx.util import logging
@@ -75,6 +81,24 @@ def _paper_boxes(app, doctree) -> None:
                 title += nodes.inline("", "this book", classes=["lb-box-tag"])
 
 
+#: a plain-text output that is only default object reprs: ``<module.Class at 0x…>`` or a list of them
+OBJECT_REPR = re.compile(r"^\[?(<[\w.]+( object)? at 0x[0-9a-f]+>(, )?)+\]?$")
+
+
+def _drop_object_reprs(app, doctree) -> None:
+    """Remove text outputs that are only default object reprs, and the output areas they leave empty.
+
+    myst-nb's doctree: cell_output container > mime_bundle container > one container per MIME type >
+    literal_block (classes ``output text_plain``)."""
+    for block in list(doctree.findall(nodes.literal_block)):
+        if "text_plain" not in block.get("classes", []) or not OBJECT_REPR.match(block.astext().strip()):
+            continue
+        node = block                       # climb to the largest container holding nothing else, drop it
+        while isinstance(node.parent, nodes.container) and len(node.parent.children) == 1:
+            node = node.parent
+        node.parent.remove(node)
+
+
 def _visit(self, node) -> None:
     from sphinx_proof.nodes import visit_unenumerable_node
 
@@ -111,4 +135,5 @@ def setup(app):
     app.add_node(unenumerable_node, override=True, html=(_visit, _depart),
                  latex=(visit_unenumerable_node, depart_unenumerable_node))
     app.connect("doctree-read", _paper_boxes)
+    app.connect("doctree-read", _drop_object_reprs)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

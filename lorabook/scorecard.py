@@ -195,11 +195,15 @@ KRATSIOS = _rows(
     ("Table 1", "notation used in the paper", dict(note="notation, not a result (see the notation page)")),
 )
 
-#: the hand-written inventory, in the papers' order
+#: the hand-written inventory, in the papers' order (the scorecard page shows it)
+#:
+#: :meta hide-value:
 INVENTORY: tuple[Row, ...] = tuple(ZENG_LEE + JANG + KRATSIOS)
 
 #: figures of the authors' repository (Zeng & Lee) whose number in the paper we could not establish:
 #: (file(s) under ``figures/``, what they show, the book section with a comparable experiment or ``None``)
+#:
+#: :meta hide-value:
 UNNUMBERED_FIGURES: tuple[tuple[str, str, str | None], ...] = (
     ("fnn_approx, fnn_approx_pretrained", r"ReLU FNN approximation for $\bar L \in \{1, 2\}$, random and "
      "pretrained frozen models", "chapters/01_expressivity/02_relu_fnn"),

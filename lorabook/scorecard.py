@@ -353,6 +353,10 @@ def _evidence(row: Row, out: Outcome) -> str:
     if out.departure:
         parts.append(f"{out.departure} departure claim{'s' * (out.departure != 1)} "
                      f"({{ref}}`errata <{ERRATA[row.paper]}>`)")
+    qualifiers = list(dict.fromkeys(r["label"].split(" (", 1)[1].rstrip(")") for r in out.claims
+                                    if " (" in (r.get("label") or "")))
+    if qualifiers:
+        parts.append("labelled: " + "; ".join(qualifiers))
     if out.status in ("offline", "not attempted"):
         parts.append(row.offline or row.note or "no section of the book tests it yet")
     elif row.note:

@@ -140,7 +140,7 @@ def test_tables_render_links_badges_and_reasons():
     lemma4, figure2, lemma5, lemma6 = table[2:]
     assert "{doc}`/chapters/03_asymmetric_bounds/05_lipschitz`" in lemma4 and "{bdg-warning}" in lemma4
     assert "{ref}`ledger <ledger-03_asymmetric_bounds>`" in lemma4 and "{ref}`errata <errata-kratsios>`" in lemma4
-    assert "margin ≥ +3.0" in lemma4
+    assert "margin ≥ +3.0" in lemma4 and "labelled: c" in lemma4          # the labels' qualifiers are shown
     assert "{bdg-info}" in figure2 and "CLIP weights are not installable offline" in figure2
     assert "{bdg-light}" in lemma5 and "a classical estimate" in lemma5
     assert "no section of the book tests it yet" in lemma6                # a row nobody built says so

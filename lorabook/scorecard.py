@@ -206,12 +206,12 @@ INVENTORY: tuple[Row, ...] = tuple(ZENG_LEE + JANG + KRATSIOS)
 #: :meta hide-value:
 UNNUMBERED_FIGURES: tuple[tuple[str, str, str | None], ...] = (
     ("fnn_approx, fnn_approx_pretrained", r"ReLU FNN approximation for $\bar L \in \{1, 2\}$, random and "
-     "pretrained frozen models", "chapters/01_expressivity/02_relu_fnn"),
+     "pretrained frozen models", "chapters/01_expressivity/03_multilayer"),
     ("tfn_approx, tfn_approx_pretrained", "Transformer approximation: gradient LoRA against the rank",
      "chapters/01_expressivity/04_transformer"),
     ("flt_approx", r"LoRA against tuning the final layers ($L = 8$)",
      "chapters/01_expressivity/05_lora_vs_final_layers"),
-    ("lora_bitfit_approx", "LoRA with and without trainable biases", None),
+    ("lora_bitfit_approx", "LoRA with and without trainable biases", "chapters/01_expressivity/02_relu_fnn"),
     ("train_test_gen, train_test_gen_ours", "train and test error on a finite training set", None),
     ("classification, in_out_dist (and bin_/reg_ variants)", "classification and regression under a shift of "
      "the input distribution", None),

@@ -37,7 +37,10 @@ def _title(nb: Any) -> str:
 
 def _place(record: dict, doc: str, title: str) -> dict:
     parts = doc.split("/")
-    chapter = parts[1] if len(parts) > 2 and parts[0] == "chapters" else (parts[0] if len(parts) > 1 else "front")
+    if parts[0] == "chapters":  # chapters/<chapter>/<section>; a page directly in chapters/ is front matter
+        chapter = parts[1] if len(parts) > 2 else "front"
+    else:
+        chapter = parts[0] if len(parts) > 1 else "front"
     return {"chapter": chapter, "section": title or doc, "doc": doc} | record
 
 

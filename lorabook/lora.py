@@ -120,3 +120,39 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_in={self.in_features}, d_out={self.out_features}, rank={self.rank}, train={self.train_mode!r}, scaling={self.scaling:g}"
+
+
+def weight_decay_gap(X: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """Relative gap between the weight decay of LoRA factors and the nuclear norm of a target.
+
+    ``(½(‖B‖_F² + ‖A‖_F²) − ‖X‖_*) / ‖X‖_*``, batched over leading dimensions. By Lemma 5.1 of Recht, Fazel &
+    Parrilo (Lemma 2.2 of Jang, Lee & Ryu) the gap is ``≥ 0`` for every factorisation ``B A = X`` and ``0`` at the
+    balanced one ``B = U Σ^½``, ``A = Σ^½ Vᵀ``. The function does not require ``B A = X``: for a pair that does not
+    reproduce ``X`` (e.g. a factorisation of ``LR_{r-1}(X)``) the gap can be negative, which is how the lemma's
+    hypothesis shows up in a check.
+
+    Parameters
+    ----------
+    X : (..., m, n) floating tensor, no slice zero.
+    B : (..., m, r) floating tensor (same leading dimensions as ``X``).
+    A : (..., r, n) floating tensor.
+
+    Returns
+    -------
+    (...) tensor of relative gaps, dtype of ``X``.
+    """
+    for name, M in (("X", X), ("B", B), ("A", A)):
+        if not isinstance(M, torch.Tensor) or not M.is_floating_point() or M.dim() < 2:
+            raise ValueError(f"{name} must be a floating tensor with at least 2 dimensions")
+        if not torch.isfinite(M).all():
+            raise ValueError(f"{name} contains NaN or infinite entries")
+    if not (X.shape[:-2] == B.shape[:-2] == A.shape[:-2]):
+        raise ValueError(f"leading dimensions differ: X {tuple(X.shape)}, B {tuple(B.shape)}, A {tuple(A.shape)}")
+    if B.shape[-2] != X.shape[-2] or A.shape[-1] != X.shape[-1] or B.shape[-1] != A.shape[-2]:
+        raise ValueError(f"B {tuple(B.shape[-2:])} @ A {tuple(A.shape[-2:])} cannot have the shape of "
+                         f"X {tuple(X.shape[-2:])}")
+    nuclear = torch.linalg.svdvals(X).sum(-1)
+    if (nuclear == 0).any():
+        raise ValueError("X has a zero slice: its nuclear norm is 0 and the relative gap is undefined")
+    cost = 0.5 * (B.square().sum((-2, -1)) + A.square().sum((-2, -1)))
+    return (cost - nuclear) / nuclear

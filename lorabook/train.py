@@ -44,7 +44,7 @@ def batched_adam(
     eps: float = 1e-8,
     project: Callable[[], None] | None = None,
     record_every: int = 0,
-    progress: bool | str = False,
+    progress: bool | str = False,  # pragma: no mutate
 ) -> torch.Tensor:
     """Adam on ``B`` independent problems at once, with a learning rate and weight decay per problem.
 
@@ -76,7 +76,8 @@ def batched_adam(
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
     records = []
-    bar = tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else "adam", disable=not progress, leave=False)
+    label = progress if isinstance(progress, str) else "adam"  # pragma: no mutate
+    bar = tqdm(range(1, steps + 1), desc=label, disable=not progress, leave=False)  # pragma: no mutate
     for t in bar:
         losses = loss_fn(t - 1)
         if losses.shape != (B,):
@@ -105,46 +106,48 @@ def config_key(config: Any) -> str:
     """A stable short hash of a JSON-serialisable configuration (dict keys sorted)."""
     try:
         text = json.dumps(config, sort_keys=True, default=str)
-    except TypeError as err:  # pragma: no cover - default=str makes almost everything serialisable
+    except (TypeError, ValueError) as err:  # non-string keys, circular references
         raise ValueError(f"config is not serialisable: {err}") from err
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _const_text(const: Any) -> str:
+    """A constant as text; frozensets (from ``x in {...}``) print in hash order, so their items are sorted."""
+    return repr(sorted(map(repr, const))) if isinstance(const, frozenset) else repr(const)
+
+
 def code_fingerprint(fn: Callable) -> str:
     """A short hash of what a callable executes: its bytecode, constants and names, recursively through nested
-    functions, ``functools.partial`` arguments and bound methods. File names and line numbers are left out, so the
-    same function defined in a new notebook kernel hashes the same; values captured in closures are not included."""
+    functions, functions captured in closures, ``functools.partial`` arguments, bound methods and callable objects.
+    File names and line numbers are left out, so the same function defined in a new notebook kernel hashes the same;
+    captured values other than functions are not included (put them in the sweep's config)."""
     digest = hashlib.sha256()
+    seen: set[int] = set()
 
-    def feed(obj: Any, depth: int = 0) -> None:
-        if depth > 20:
+    def feed(obj: Any) -> None:
+        if id(obj) in seen:  # recursive closures
             return
+        seen.add(id(obj))
         if isinstance(obj, functools.partial):
-            feed(obj.func, depth + 1)
+            feed(obj.func)
             digest.update(repr((obj.args, sorted(obj.keywords.items()))).encode())
         elif isinstance(obj, types.MethodType):
-            feed(obj.__func__, depth + 1)
+            feed(obj.__func__)
         elif isinstance(obj, types.FunctionType):
-            feed(obj.__code__, depth + 1)
-            for cell in obj.__closure__ or ():  # captured functions are code too; captured values are not hashed
-                try:
-                    if isinstance(cell.cell_contents, (types.FunctionType, functools.partial, types.MethodType)):
-                        feed(cell.cell_contents, depth + 1)
-                except ValueError:  # an empty cell
-                    pass
+            feed(obj.__code__)
+            for cell in obj.__closure__ or ():
+                contents = cell.cell_contents
+                if callable(contents) and not isinstance(contents, type):
+                    feed(contents)
         elif isinstance(obj, types.CodeType):
             digest.update(obj.co_code + repr((obj.co_names, obj.co_freevars)).encode())
             for const in obj.co_consts:
-                if isinstance(const, types.CodeType):
-                    feed(const, depth + 1)
-                else:  # frozensets (``x in {...}``) print in hash order: sort them
-                    text = repr(sorted(map(repr, const))) if isinstance(const, frozenset) else repr(const)
-                    digest.update(text.encode())
-        elif callable(obj) and hasattr(obj, "__call__") and not isinstance(obj, type):
-            feed(type(obj).__call__, depth + 1)
-        else:
-            digest.update(repr(obj).encode())
+                feed(const) if isinstance(const, types.CodeType) else digest.update(_const_text(const).encode())
+        else:  # a callable object
+            feed(type(obj).__call__)
 
+    if not callable(fn):
+        raise ValueError(f"code_fingerprint needs a callable, got {type(fn).__name__}")
     feed(fn)
     return digest.hexdigest()[:16]
 
@@ -165,7 +168,7 @@ def cached_sweep(
     configs: Iterable[dict],
     run: Callable[[dict], Any],
     *,
-    progress: bool = True,
+    progress: bool = True,  # pragma: no mutate
 ) -> list[Any]:
     """Run ``run(config)`` for each config, caching each finished result on disk.
 
@@ -193,10 +196,10 @@ def cached_sweep(
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.parent.iterdir():  # results of older code versions can never be served again
             if old != folder:
-                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
     run_hash = code_fingerprint(run)
     results = []
-    for config in tqdm(configs, desc=name, disable=not progress, leave=False):
+    for config in tqdm(configs, desc=name, disable=not progress, leave=False):  # pragma: no mutate
         path = None if folder is None else folder / f"{config_key({'config': config, 'run': run_hash})}.joblib"
         if path is not None and path.exists():
             ok, result = _load(path)

@@ -102,3 +102,36 @@ def test_check_rank_messages():
 def test_numerical_rank_bad_rtol(rtol):
     with pytest.raises(ValueError, match="rtol"):
         numerical_rank(torch.eye(2), rtol)
+
+
+def test_error_messages_name_the_argument_and_the_problem():
+    """Each validator names the offending argument, what it got and what it needs (not just 'ValueError')."""
+    M = torch.ones(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^M contains NaN"):
+        low_rank_approx(torch.full((2, 2), float("nan")), 1)
+    with pytest.raises(ValueError, match=r"^M must be a torch.Tensor, got list$"):
+        numerical_rank([[1.0]])
+    with pytest.raises(ValueError, match=r"^r=3 is out of range: it must lie in \[0, 2\]$"):
+        low_rank_approx(M, 3)
+    with pytest.raises(ValueError, match=r"^r must be an integer, got float$"):
+        low_rank_approx(M, 1.0)
+    with pytest.raises(ValueError, match=r"^W_2 must have a floating dtype"):
+        chain_product([M, torch.ones(2, 3, dtype=torch.int64)])
+    with pytest.raises(ValueError, match=r"^W_2 has shape \(4, 4\) but the product so far has 3 rows$"):
+        chain_product([M, torch.ones(4, 4, dtype=torch.float64)])
+    with pytest.raises(ValueError, match=r"^mats must be a non-empty sequence of matrices \[W_1, \.\.\., W_L\]$"):
+        chain_product([])
+
+
+def test_numerical_rank_edges():
+    # a singular value exactly at the threshold does not count (strictly above rtol·σ_max)
+    assert numerical_rank(torch.diag(torch.tensor([1.0, 0.5], dtype=torch.float64)), rtol=0.5) == 1
+    assert numerical_rank(torch.zeros(0, 3)) == 0          # empty matrix
+    assert numerical_rank(torch.zeros(2, 3)) == 0          # zero matrix
+
+
+def test_check_matrix_default_name_and_square():
+    with pytest.raises(ValueError, match=r"^M must be a 2-D matrix, got shape \(3,\)$"):
+        check_matrix(torch.ones(3))
+    with pytest.raises(ValueError, match=r"^A must be square, got shape \(2, 3\)$"):
+        check_matrix(torch.ones(2, 3), "A", square=True)

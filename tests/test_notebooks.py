@@ -62,6 +62,8 @@ def test_intro_reading_guide_checks_pass(capsys):
     nb = jupytext.read(ROOT / "intro.md")
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "lb.claim(" in code
+    wide = [line for line in code.splitlines() if len(line) > notebooks.MAX_WIDTH]
+    assert not wide, f"intro.md code lines wider than {notebooks.MAX_WIDTH} characters: {wide}"
     exec(compile(code, "intro.md", "exec"), {})
     out = capsys.readouterr().out
-    assert out.count("✓") == 3, out
+    assert out.count("✓") == 4, out

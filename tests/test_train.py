@@ -155,3 +155,150 @@ def test_config_key_is_order_independent():
 def test_cached_sweep_bad_name():
     with pytest.raises(ValueError, match="sweep name"):
         cached_sweep("a/b", [], lambda c: c)
+
+
+def test_batched_adam_defaults_steps_and_messages():
+    x = torch.zeros(2, dtype=torch.float64)  # one scalar parameter per slice: shape (B,)
+    seen = []
+
+    def loss(step):
+        seen.append(step)
+        return (x - 1.0).square()
+
+    rec = batched_adam([x], loss, 3, 0.1)
+    assert seen == [0, 1, 2]                                   # loss_fn gets the 0-based step
+    assert rec.shape == (0, 2) and rec.dtype == torch.float64 and rec.device == x.device  # no records by default
+    with pytest.raises(ValueError, match="^params must be a non-empty sequence of tensors with a leading batch"):
+        batched_adam([], loss, 3, 0.1)
+    y = torch.zeros(3, 2)
+    with pytest.raises(FloatingPointError, match=r"^non-finite loss at step 2 in slices \[1\]$"):
+        batched_adam([y], lambda s: y.sum(1) + torch.tensor([0.0, float("inf") if s == 2 else 0.0, 0.0]), 5, 0.1)
+
+
+def test_cached_sweep_validates_its_arguments(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORABOOK_CACHE", str(tmp_path))
+    for bad in ("", 5, "a/b"):
+        with pytest.raises(ValueError, match="sweep name must be a non-empty string without '/'"):
+            cached_sweep(bad, [{"x": 1}], lambda c: c, progress=False)
+    with pytest.raises(ValueError, match="^run must be callable, got int$"):
+        cached_sweep("ok", [{"x": 1}], 3, progress=False)
+
+
+def test_cached_sweep_removes_stale_files_and_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORABOOK_CACHE", str(tmp_path))
+    (tmp_path / "s" / "old-version").mkdir(parents=True)
+    (tmp_path / "s" / "stray.joblib").write_text("x")
+    cached_sweep("s", [{"x": 1}], lambda c: c["x"], progress=False)
+    assert len(list((tmp_path / "s").iterdir())) == 1
+
+
+def test_code_fingerprint_sees_closures_methods_objects_and_names():
+    from lorabook.train import code_fingerprint
+
+    def make(inner):
+        return lambda c: inner(c)
+
+    def one(c):
+        return 1
+
+    def two(c):
+        return 2
+
+    assert code_fingerprint(make(one)) != code_fingerprint(make(two))           # captured function
+
+    class Runner:
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, c):
+            return c * self.k
+
+        def method(self, c):
+            return c + 1
+
+    class Other(Runner):
+        def __call__(self, c):
+            return c - self.k
+
+    assert code_fingerprint(Runner(1)) == code_fingerprint(Runner(2)) != code_fingerprint(Other(1))
+    assert code_fingerprint(Runner(1).method) != code_fingerprint(Runner(1))
+    assert code_fingerprint(lambda c: abs(c)) != code_fingerprint(lambda c: round(c))   # global names
+    assert code_fingerprint(lambda c: c in {"a", "b"}) == code_fingerprint(lambda c: c in {"b", "a"})
+
+    def rec(c):  # a recursive closure terminates
+        return rec(c - 1) if c else 0
+
+    assert len(code_fingerprint(rec)) == 16
+    with pytest.raises(ValueError, match="needs a callable"):
+        code_fingerprint(3)
+
+
+def test_batched_adam_default_records_keep_dtype_and_message_lists_five_slices():
+    x = torch.zeros(2, dtype=torch.float32)       # not the tests' default dtype (float64)
+    assert batched_adam([x], lambda s: x.square(), 1, 0.1).dtype == torch.float32
+    y = torch.zeros(8)
+    with pytest.raises(FloatingPointError, match=r"in slices \[0, 1, 2, 3, 4\]$"):
+        batched_adam([y], lambda s: y + float("nan"), 1, 0.1)
+
+
+def test_config_key_shape_and_unserialisable_configs():
+    key = config_key({"device": torch.device("cpu"), "a": 1})   # objects are written with str()
+    assert len(key) == 16 and all(c in "0123456789abcdef" for c in key)
+    with pytest.raises(ValueError, match="^config is not serialisable: "):
+        config_key({(1, 2): 3})
+
+
+def test_code_fingerprint_nested_code_partials_and_methods():
+    import functools
+
+    from lorabook.train import code_fingerprint
+
+    def outer_a(c):
+        return list(map(lambda v: v + 1, c))
+
+    def outer_a_again(c):
+        return list(map(lambda v: v + 1, c))
+
+    def outer_b(c):
+        return list(map(lambda v: v + 2, c))
+
+    assert code_fingerprint(outer_a) == code_fingerprint(outer_a_again) != code_fingerprint(outer_b)
+
+    def f(a, c):
+        return a + c
+
+    def g(a, c):
+        return a * c
+
+    assert code_fingerprint(functools.partial(f, 1)) != code_fingerprint(functools.partial(g, 1))
+
+    class Two:
+        def plus(self, c):
+            return c + 1
+
+        def minus(self, c):
+            return c - 1
+
+    t = Two()
+    assert code_fingerprint(t.plus) != code_fingerprint(t.minus)
+
+    def adder(k):
+        return lambda c: c + k
+
+    assert code_fingerprint(adder(1)) == code_fingerprint(adder(2))   # captured values are not hashed
+    with pytest.raises(ValueError, match="^code_fingerprint needs a callable, got int$"):
+        code_fingerprint(3)
+
+
+def test_code_fingerprint_of_set_constants_is_independent_of_the_hash_seed():
+    import subprocess
+    import sys
+
+    from lorabook.train import code_fingerprint
+
+    assert code_fingerprint(lambda c: c in {"a", "b"}) != code_fingerprint(lambda c: c in {"a", "c"})
+    prog = "from lorabook.train import code_fingerprint as f; print(f(lambda c: c in {'x', 'y', 'z', 'w'}))"
+    outs = {subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in (1, 2, 3)}
+    assert len(outs) == 1, outs

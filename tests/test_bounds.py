@@ -558,3 +558,68 @@ def test_binomial_exceed_prob_edges():
     assert np.allclose(bd.binomial_exceed_prob(4, [1, 2]), [binom.pmf([0, 4], 4, 0.5).sum(), 1 - 0.375])
     with pytest.raises(ValueError, match="^N must"):
         bd.binomial_exceed_prob(0, 1.0)
+
+
+def test_gap_estimate_axes_and_limits():
+    tr = torch.tensor([[[0.0, 0.2], [0.4, 0.4], [1.0, 0.0]], [[0.1, 0.1], [0.0, 0.0], [0.3, 0.5]]],
+                      dtype=torch.float64)                                   # (2, 3, 2)
+    te = torch.tensor([[[0.5, 0.7, 0.6, 0.2], [0.0, 0.0, 0.0, 0.4], [1.0, 1.0, 0.0, 0.0]],
+                       [[0.2, 0.2, 0.2, 0.2], [0.1, 0.3, 0.5, 0.7], [0.9, 0.1, 0.9, 0.1]]],
+                      dtype=torch.float64)                                   # (2, 3, 4)
+    gap, se = bd.gap_estimate(tr, te)
+    # by hand: test means 0.5, 0.1, 0.5 / 0.2, 0.4, 0.5; train means 0.1, 0.4, 0.5 / 0.1, 0.0, 0.4
+    assert torch.allclose(gap, torch.tensor([[0.4, -0.3, 0.0], [0.1, 0.4, 0.1]], dtype=torch.float64))
+    # sample std of (0.5, 0.7, 0.6, 0.2) is 0.2160247, / sqrt(4)
+    assert math.isclose(se[0, 0].item(), 0.2160247 / 2, rel_tol=1e-6) and se.shape == (2, 3)
+    g1, _ = bd.gap_estimate(tr[0, 0], te[0, 0, :2])                        # 1-d inputs, two test samples
+    assert math.isclose(g1.item(), 0.5) and g1.dim() == 0
+    with pytest.raises(ValueError, match="at least 2"):
+        bd.gap_estimate(tr[0, 0], te[0, 0, :1])
+    with pytest.raises(ValueError, match="^train_losses must have shape"):
+        bd.gap_estimate(tr[..., :0], te)
+    with pytest.raises(ValueError, match="^test_losses must lie"):
+        bd.gap_estimate(tr, te + 1)
+    with pytest.raises(ValueError, match="leading shapes"):
+        bd.gap_estimate(tr, te[:, :2])
+    with pytest.raises(ValueError, match="^train_losses contains"):
+        bd.gap_estimate(tr * float("nan"), te)
+
+
+@pytest.mark.parametrize("fn", [bd.local_slopes, bd.loglog_slope])
+def test_slope_bootstrap_matches_an_independent_resampling(fn):
+    rng = np.random.default_rng(5)
+    x = np.array([1.0, 2.0, 4.0])
+    runs = np.exp(rng.normal(size=(7, 3))) * x ** -0.5
+    for level in (0.95, 0.5):
+        out = fn(x, runs, n_boot=300, level=level, generator=np.random.default_rng(11))
+        idx = np.random.default_rng(11).integers(0, 7, size=(300, 7))
+        if fn is bd.local_slopes:
+            boots = np.stack([np.diff(np.log(runs[i].mean(0))) / np.diff(np.log(x)) for i in idx])
+        else:
+            boots = np.array([np.polyfit(np.log(x), np.log(runs[i].mean(0)), 1)[0] for i in idx])
+        a = (1 - level) / 2
+        assert np.allclose(out[1], np.quantile(boots, a, axis=0))
+        assert np.allclose(out[2], np.quantile(boots, 1 - a, axis=0))
+    one = fn(x, runs[0], n_boot=10)                                         # a single run (1-d)
+    assert np.allclose(one[0], fn(x, runs[:1], n_boot=10)[0])
+    for bad, match in ((dict(level=1.0), "^level"), (dict(n_boot=0), "^n_boot must")):
+        with pytest.raises(ValueError, match=match):
+            fn(x, runs, **bad)
+    with pytest.raises(ValueError, match="finite"):
+        fn(x, runs * np.nan)
+    with pytest.raises(ValueError, match="positive"):
+        fn(np.array([0.0, 2.0, 4.0]), runs)
+
+
+def test_local_slopes_and_rate_growth_inputs():
+    with pytest.raises(ValueError, match="increasing"):
+        bd.local_slopes([1.0, 1.0], np.ones((2, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        bd.local_slopes([1.0], np.ones((2, 1)))
+    assert np.allclose(bd.local_slopes(torch.tensor([1.0, 2.0]).tolist(), torch.ones(3, 2))[0], [0.0])
+    assert math.isclose(bd.rate_growth([1, 4], torch.tensor([[1.0, 1.0]])), 2.0)        # a tensor of runs
+    assert math.isclose(bd.rate_growth([1, 4], [1.0, 0.25]), 1.0)                       # one run, 1-d
+    with pytest.raises(ValueError, match="increasing"):
+        bd.rate_growth([4, 1], [[1.0, 1.0]])
+    with pytest.raises(ValueError, match="^rate must"):
+        bd.rate_growth([1, 4], [[1.0, 1.0]], rate=0.0)

@@ -67,19 +67,20 @@ print(lb.describe())
 
 # %%
 pool = dict(
-    n_per_class=scale.pick(quick=48, default=256, paper=1024),
-    n_dev=scale.pick(quick=100, default=300, paper=1000),
-    n_test=scale.pick(quick=150, default=700, paper=3000),
+    n_per_class=scale.pick(quick=24, default=256, paper=1024),
+    n_dev=scale.pick(quick=60, default=300, paper=1000),
+    n_test=scale.pick(quick=80, default=700, paper=3000),
     split_seed=0,
 )
 common = dict(
     pool=pool,
-    steps=scale.pick(quick=25, default=40, paper=200),
+    steps=scale.pick(quick=15, default=40, paper=200),
     m=0.05,
     scale=scale.name,
     version=2,
 )
 grid = {"A": [3e-4, 1e-3, 3e-3], "B": [1e-2, 3e-2, 1e-1], "both": [3e-4, 1e-3, 3e-3]}
+grid = {m: v[: scale.pick(quick=2, default=3, paper=3)] for m, v in grid.items()}
 r_dev = 4
 sel = cached_sweep(
     "ch3_minilm_lr",
@@ -203,7 +204,10 @@ below = {k: (mean[col[k]] + 2 * se[col[k]]) - zs for k in keys}   # < 0: below z
 # %% [markdown]
 # What to see (`default` scale; the spread is over five draws of the frozen factor and the initialisation
 # on one fixed training set of 512 snippets; errors are balanced, i.e. the mean of the two classes' error
-# rates, because the training set is balanced and the corpus is not).
+# rates, because the training set is balanced and the corpus is not). The dev split chose the smallest
+# rate of every grid ($3\cdot10^{-4}$ for A and both, $10^{-2}$ for B); smaller rates were not tried within
+# our budget, so a better-tuned B cannot be ruled out by this run alone — the probe above is the stronger
+# evidence.
 #
 # * **Training $A$ with $B$ frozen (the paper's setting) and training both learn**: with the zero-shot
 #   head at a balanced test error of 0.297, training $A$ reaches 0.287, 0.275, 0.267, 0.264 at
@@ -227,8 +231,9 @@ below = {k: (mean[col[k]] + 2 * se[col[k]]) - zs for k in keys}   # < 0: below z
 #
 # The checks below are measurements of our experiment (kind sanity; the paper has no theorem to test here).
 # Their tolerance is two standard errors over the five seeds, the sampling uncertainty of a mean over
-# seeds; the probe's margin of 0.02 is about one standard error of a balanced error on 700 test snippets.
-# At `quick` (96 training snippets, 25 steps, two seeds — for CI) no adapter learns and everything
+# seeds (training B may sit up to 0.01 below zero-shot and still count as not learning); the probe's
+# margin of 0.02 is about one standard error of a balanced error on 700 test snippets.
+# At `quick` (48 training snippets, 15 steps, two seeds — for CI) no adapter learns and everything
 # overfits; there the limits are loosened so that the checks only confirm that the pipeline runs, and
 # the ledger shows them with the `quick` scale.
 
@@ -245,7 +250,7 @@ lb.claim(
 )
 lb.claim(
     "training B (A frozen) does not beat the zero-shot head at any rank up to 20 "
-    "(mean test error - 2 s.e. above zero-shot - 0.01)",
+    "(mean test error - 2 s.e. not clearly below zero-shot)",
     min(mean[col[k]] - 2 * se[col[k]] - zs for k in keys if k[0] == "B"),
     ">",
     scale.pick(quick=-0.1, default=-0.01, paper=-0.01),

@@ -623,3 +623,34 @@ def test_local_slopes_and_rate_growth_inputs():
         bd.rate_growth([4, 1], [[1.0, 1.0]])
     with pytest.raises(ValueError, match="^rate must"):
         bd.rate_growth([1, 4], [[1.0, 1.0]], rate=0.0)
+
+
+def test_last_layer_witness_small_and_dead_hidden_states():
+    mlp, Bs = _t2_mlp()
+    wit = bd.last_layer_witness(mlp, Bs)                                    # default target 1
+    assert torch.allclose(wit["f1"], torch.ones(6, dtype=torch.float64), atol=1e-12)
+    assert all(a.dtype == torch.float64 for a in wit["As"])
+    small = {**mlp, "weights": [w * 0.1 for w in mlp["weights"]]}          # |h(1)|^2 < 1
+    h = torch.ones(1, dtype=torch.float64)
+    for w in small["weights"][:-1]:
+        h = torch.relu(w @ h)
+    assert 0 < h.dot(h).item() < 1
+    ws = bd.last_layer_witness(small, Bs, target=0.5)
+    assert torch.allclose(ws["f1"], torch.full((6,), 0.5, dtype=torch.float64), atol=1e-12)
+    assert torch.isfinite(ws["size"]).all()
+    dead = {**mlp, "weights": [-w.abs() if t == 0 else w for t, w in enumerate(mlp["weights"])]}
+    wd = bd.last_layer_witness(dead, Bs)                                    # h(1) = 0: no witness
+    assert torch.isinf(wd["size"]).all() and (wd["f1"].abs() < 1e-12).all()
+    with pytest.raises(ValueError, match="^target must"):
+        bd.last_layer_witness(mlp, Bs, target=0.0)
+    bad = [b.clone() for b in Bs]
+    bad[2][0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^Bs\[2\] contains"):
+        bd.last_layer_witness(mlp, bad)
+
+
+def test_balanced_error_at_zero_logit_and_theorem2_delta():
+    # a logit of exactly 0 predicts the negative class
+    assert bd.balanced_error(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0])) == 0.0
+    with pytest.raises(ValueError, match="^delta="):
+        bd.theorem2_ratio([1.0], [16], delta=0.0)

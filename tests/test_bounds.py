@@ -654,3 +654,21 @@ def test_balanced_error_at_zero_logit_and_theorem2_delta():
     assert bd.balanced_error(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0])) == 0.0
     with pytest.raises(ValueError, match="^delta="):
         bd.theorem2_ratio([1.0], [16], delta=0.0)
+
+
+def test_slope_and_rate_inputs_are_checked():
+    with pytest.raises(ValueError, match="positive"):
+        bd.local_slopes([1.0, 2.0], np.zeros((2, 2)))                     # a zero mean cannot be logged
+    with pytest.raises(ValueError, match="positive"):
+        bd.rate_growth([1, 2], np.zeros((2, 2)))
+    for fn in (bd.local_slopes, bd.rate_growth, bd.loglog_slope):
+        with pytest.raises(ValueError, match="need"):
+            fn([1.0, 2.0], np.ones((2, 3)))                               # runs do not match x
+        with pytest.raises(ValueError, match="need"):
+            fn([1.0], np.ones((2, 1)))                                    # a single position
+        with pytest.raises(ValueError, match="need"):
+            fn(np.ones((2, 2)), np.ones((2, 2)))                          # x not 1-d
+    for bad_x, bad_y in (([1, 2], [[1.0, np.nan]]), ([0, 2], [[1.0, 1.0]]), ([2, 2], [[1.0, 1.0]]),
+                         ([1, np.inf], [[1.0, 1.0]])):
+        with pytest.raises(ValueError, match="increasing"):
+            bd.rate_growth(bad_x, bad_y)

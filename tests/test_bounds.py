@@ -672,3 +672,9 @@ def test_slope_and_rate_inputs_are_checked():
                          ([1, np.inf], [[1.0, 1.0]])):
         with pytest.raises(ValueError, match="increasing"):
             bd.rate_growth(bad_x, bad_y)
+
+
+def test_rate_growth_with_close_sample_sizes():
+    # positions 1 and 1.5 (difference below 1) are valid: 0.5 * sqrt(1.5) / (1 * 1) = 0.6124 < 1, so growth 1
+    assert math.isclose(bd.rate_growth([1.0, 1.5], [[1.0, 0.5]]), 1.0)
+    assert math.isclose(bd.rate_growth([1.0, 1.5], [[1.0, 1.0]]), math.sqrt(1.5))

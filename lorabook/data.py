@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -84,6 +85,96 @@ def rotten_tomatoes_split(n_train_per_class: int, n_test: int, seed: int) -> dic
         "train_texts": [texts[i] for i in train], "train_labels": labels[train],
         "test_texts": [texts[i] for i in test], "test_labels": labels[test],
     }
+
+
+#: The corpus' three categories and the phrase of each in the zero-shot head of :func:`zero_shot_logits`.
+CLASS_PHRASES = {"fresh": "a great movie", "rotten": "a terrible movie", "plot": "the plot of a movie"}
+
+
+@lru_cache(maxsize=1)
+def _rotten_tomatoes_all() -> tuple[tuple[str, ...], np.ndarray]:
+    import pandas as pd
+
+    df = pd.read_csv(rotten_tomatoes_path())
+    return tuple(str(t) for t in df["text"]), df["category"].to_numpy(dtype=str)
+
+
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    classes = tuple(classes)
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not set(classes) <= set(CLASS_PHRASES):
+        raise ValueError(f"classes must be at least two distinct names among {sorted(CLASS_PHRASES)}, got {classes!r}")
+    return classes
+
+
+def rotten_tomatoes_splits(classes: Sequence[str] = ("fresh", "rotten"), *, n_train_per_class: int,
+                           n_dev_per_class: int, n_test: int, seed: int) -> dict:
+    """Balanced training and dev sets and a disjoint test set over ``classes``, drawn reproducibly.
+
+    Parameters
+    ----------
+    classes : two or three of ``"fresh"`` (7,403 snippets), ``"rotten"`` (5,405), ``"plot"`` (1,097 plot
+        summaries); label ``k`` is ``classes[k]``.
+    n_train_per_class, n_dev_per_class : snippets per class in the training and dev sets (positive integers).
+    n_test : test snippets (positive integer), drawn uniformly from the rest of the chosen classes, so with the
+        corpus' class mix: report balanced metrics on it.
+    seed : seed of the draw (the same seed gives the same three sets).
+
+    Returns
+    -------
+    dict with ``classes`` and, for ``s`` in ``train``, ``dev``, ``test``: ``s_texts`` (list of str) and
+    ``s_labels`` (int64 array, ``(K·n_s_per_class,)`` for train/dev, ``(n_test,)`` for test).
+    """
+    classes = _check_classes(classes)
+    check_positive_int(n_train_per_class, "n_train_per_class")
+    check_positive_int(n_dev_per_class, "n_dev_per_class")
+    check_positive_int(n_test, "n_test")
+    texts, cats = _rotten_tomatoes_all()
+    pools = [np.flatnonzero(cats == c) for c in classes]
+    need = n_train_per_class + n_dev_per_class
+    small = min(range(len(classes)), key=lambda k: len(pools[k]))
+    if need > len(pools[small]):
+        raise ValueError(f"n_train_per_class + n_dev_per_class = {need} exceeds the {classes[small]!r} class "
+                         f"({len(pools[small])} snippets)")
+    n_rest = sum(len(p) for p in pools) - len(classes) * need
+    if n_test > n_rest:
+        raise ValueError(f"n_test={n_test} too large: only {n_rest} snippets remain")
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(p, need, replace=False) for p in pools]
+    train = np.concatenate([p[:n_train_per_class] for p in picks])
+    dev = np.concatenate([p[n_train_per_class:] for p in picks])
+    rest = np.setdiff1d(np.concatenate(pools), np.concatenate(picks))
+    test = rng.choice(rest, n_test, replace=False)
+    index = {c: k for k, c in enumerate(classes)}
+    out: dict = {"classes": classes}
+    for name, idx in (("train", train), ("dev", dev), ("test", test)):
+        out[f"{name}_texts"] = [texts[i] for i in idx]
+        out[f"{name}_labels"] = np.array([index[cats[i]] for i in idx], dtype=np.int64)
+    return out
+
+
+def balanced_accuracy(logits: torch.Tensor, labels: torch.Tensor | np.ndarray) -> float:
+    """Mean over classes of the per-class accuracy of ``argmax`` predictions.
+
+    ``logits``: ``(n, K)`` scores, or ``(n,)`` binary logits (positive means label 1). ``labels``: ``(n,)``
+    integers in ``[0, K)``. Classes absent from ``labels`` are left out of the mean.
+    """
+    labels = torch.as_tensor(labels)
+    if logits.dim() == 1:
+        pred = (logits > 0).long()
+        K = 2
+    elif logits.dim() == 2:
+        pred, K = logits.argmax(1), logits.shape[1]
+    else:
+        raise ValueError(f"logits must have shape (n,) or (n, K), got {tuple(logits.shape)}")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+    if torch.isnan(logits).any():
+        raise ValueError("logits contain NaN")
+    if labels.numel() == 0 or labels.min() < 0 or labels.max() >= K:
+        raise ValueError(f"labels must be integers in [0, {K})")
+    pred = pred.to(labels.device)
+    accs = [(pred[labels == k] == k).double().mean().item() for k in range(K) if (labels == k).any()]
+    return float(np.mean(accs))
 
 
 @lru_cache(maxsize=1)
@@ -171,6 +262,30 @@ def label_directions() -> torch.Tensor:
     h, m = hidden_before_layer(list(LABEL_PHRASES), 6)
     e = mean_pool(h, m)
     return e / e.norm(dim=1, keepdim=True)
+
+
+@torch.no_grad()
+def class_directions(classes: Sequence[str] = ("fresh", "rotten")) -> torch.Tensor:
+    """Unit sentence embeddings of the :data:`CLASS_PHRASES` of ``classes``: ``(K, 384)``."""
+    classes = _check_classes(classes)
+    h, m = hidden_before_layer([CLASS_PHRASES[c] for c in classes], 6)
+    e = mean_pool(h, m)
+    return e / e.norm(dim=1, keepdim=True)
+
+
+def zero_shot_logits(embeddings: torch.Tensor, directions: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """K-class prompt-style head: ``cos(e, d_k) / temperature``, ``(B, H), (K, H) -> (B, K)``.
+
+    With ``directions = class_directions(("fresh", "rotten"))`` the difference of the two columns is
+    :func:`zero_shot_logit`.
+    """
+    if embeddings.dim() != 2 or directions.dim() != 2 or embeddings.shape[1] != directions.shape[1]:
+        raise ValueError(f"need embeddings (B, H) and directions (K, H); got {tuple(embeddings.shape)} and "
+                         f"{tuple(directions.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    e = embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return e @ directions.to(e.dtype).T / temperature
 
 
 def zero_shot_logit(embeddings: torch.Tensor, directions: torch.Tensor | None = None, temperature: float = 0.05) -> torch.Tensor:

@@ -56,3 +56,53 @@ def test_data_bad_input():
         data.mean_pool(torch.ones(2, 3, 4), torch.ones(2, 4))
     with pytest.raises(ValueError, match="temperature must be positive"):
         data.zero_shot_logit(torch.ones(2, 384), torch.ones(2, 384), temperature=0)
+
+
+def test_splits_three_classes_disjoint_balanced_reproducible():
+    a = data.rotten_tomatoes_splits(("fresh", "rotten", "plot"), n_train_per_class=8, n_dev_per_class=4,
+                                    n_test=60, seed=3)
+    b = data.rotten_tomatoes_splits(("fresh", "rotten", "plot"), n_train_per_class=8, n_dev_per_class=4,
+                                    n_test=60, seed=3)
+    assert a["train_texts"] == b["train_texts"] and a["test_texts"] == b["test_texts"]
+    assert np.bincount(a["train_labels"]).tolist() == [8, 8, 8]
+    assert np.bincount(a["dev_labels"]).tolist() == [4, 4, 4]
+    assert len(a["test_labels"]) == 60 and set(a["test_labels"]) <= {0, 1, 2}
+    tr, dv, te = set(a["train_texts"]), set(a["dev_texts"]), set(a["test_texts"])
+    assert not (tr & dv) and not (tr & te) and not (dv & te)
+    # the label names the category: plot summaries are long, snippets short
+    texts = np.array(a["train_texts"], dtype=object)
+    assert min(len(t) for t in texts[a["train_labels"] == 2]) > np.median([len(t) for t in texts[a["train_labels"] < 2]])
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(classes=("fresh",)), "classes"),
+    (dict(classes=("fresh", "fresh")), "classes"),
+    (dict(classes=("fresh", "meh")), "classes"),
+    (dict(classes=("fresh", "plot"), n_train_per_class=1000, n_dev_per_class=98), "plot"),
+    (dict(n_test=10**6), "n_test"),
+    (dict(n_dev_per_class=0), "n_dev_per_class"),
+])
+def test_splits_reject_bad_input(kw, match):
+    args = dict(n_train_per_class=4, n_dev_per_class=4, n_test=10, seed=0) | kw
+    with pytest.raises(ValueError, match=match):
+        data.rotten_tomatoes_splits(**args)
+
+
+def test_balanced_accuracy_by_hand():
+    y = torch.tensor([0, 0, 0, 1, 2])
+    logits = torch.tensor([[1., 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0]])
+    assert data.balanced_accuracy(logits, y) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert data.balanced_accuracy(torch.tensor([1., -1, -1, 2]), np.array([1, 0, 1, 1])) == pytest.approx((1 + 2 / 3) / 2)
+    with pytest.raises(ValueError, match="labels"):
+        data.balanced_accuracy(logits, torch.tensor([0, 0, 0, 1, 3]))
+    with pytest.raises(ValueError, match="NaN"):
+        data.balanced_accuracy(torch.tensor([float("nan"), 1.0]), torch.tensor([0, 1]))
+
+
+def test_zero_shot_logits_difference_is_the_binary_head():
+    e = torch.randn(5, 384, generator=torch.Generator().manual_seed(0))
+    d = data.class_directions(("fresh", "rotten"))
+    two = data.zero_shot_logits(e, d)
+    assert torch.allclose(two[:, 0] - two[:, 1], data.zero_shot_logit(e.float(), d).to(two.dtype), atol=1e-4)
+    with pytest.raises(ValueError, match="directions"):
+        data.zero_shot_logits(e, torch.ones(2, 10))

@@ -72,6 +72,9 @@ def main(argv: list[str]) -> int:
         ok = [k for k in survivors if k in why]
         missing += [k for k in survivors if k not in why and public(k)]
         tested = killed + len(survivors)
+        if not tested:
+            rows.append(f"| `{m}` | {len(mine)} | not run | | | | — |")
+            continue
         score = f"{killed / tested:.0%}" if tested else "—"
         rows.append(f"| `{m}` | {len(mine)} | {killed} | {len(survivors)} | {len(ok)} | "
                     f"{len(survivors) - len(ok)} | {score} |")

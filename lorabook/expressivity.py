@@ -34,6 +34,8 @@ _COND_MAX = 1e12
 #: model at most this fraction of the frozen model's test MSE (the float64 constructions sit at round-off);
 #: everything between this value and the construction's level is "not reached within the training budget".
 EXACT_REL_MSE = 1e-6
+# largest round-off (relative to the target bias) that fnn_construction accepts when it cancels the accumulated shift
+_BIAS_LOSS_MAX = 1e-8
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -249,6 +251,13 @@ def fnn_construction(target_weights: Sequence[torch.Tensor], target_biases: Sequ
     Returns
     -------
     ``(deltas, biases)``: lists of ``L`` tensors (D, D) of rank ≤ ``rank`` and ``L`` bias vectors (D,).
+
+    Raises
+    ------
+    ValueError
+        also when the worst-case bias bound compounds through a deep group so far that cancelling it at the group's
+        last layer would lose more than ``1e-8`` (relative to the target bias) to round-off: with 8 random layers in
+        one group the biases reach about ``1e31`` and the construction would silently return errors of ``1e31``.
     """
     Lbar = len(target_weights) if isinstance(target_weights, (list, tuple)) else 0
     D = _check_layers(list(target_weights), "target_weights")
@@ -271,7 +280,15 @@ def fnn_construction(target_weights: Sequence[torch.Tensor], target_biases: Sequ
                 shift = A @ shift + b
                 r = torch.linalg.matrix_norm(A, 2).item() * r + b.norm().item()
             else:
-                b = target_biases[i] - A @ shift
+                carried = A @ shift
+                lost = torch.finfo(carried.dtype).eps * carried.abs().max().item()
+                if not math.isfinite(lost) or lost > _BIAS_LOSS_MAX * max(1.0, target_biases[i].abs().max().item()):
+                    raise ValueError(
+                        f"fnn_construction: group {i} ({len(Ws)} layers) compounds the worst-case bias bound to "
+                        f"{carried.abs().max().item():.1e}; cancelling it in {carried.dtype} leaves an error of about "
+                        f"{lost:.1e}, so the construction would not be exact. Use fewer frozen layers per target "
+                        "layer, a smaller input_radius, or float64")
+                b = target_biases[i] - carried
             deltas.append(d)
             biases.append(b)
         W_hat = chain_product([W + d for W, d in zip(Ws, dW)])
@@ -306,9 +323,8 @@ def partition_bound(target_weights: Sequence[torch.Tensor], target_biases: Seque
 
     * ``paper``: ``β = max_i(√‖Σ‖_F ∏_{j≤i}‖W̄_j‖_F + Σ_{j≤i} ∏_{j<k<i}‖W̄_k‖_F ‖b̄_j‖) ∨ √‖Σ‖_F`` and
       ``α = max_k ‖W̄_k‖_F + max_i E_i``, as stated;
-    * ``corrected``: ``√tr Σ`` in place of ``√‖Σ‖_F`` (``E‖x‖ ≤ √tr Σ``), the bound on ``E‖z̄_{i−1}‖`` that the
-      proof derives (products over ``j < i``) and ``α = max_k(‖W̄_k‖_F + ‖W̄_k − ∏W − LR(…)‖_F)``, which is what
-      bounds ``‖Ŵ_k‖_F`` (the slides' step to ``E_k`` drops the Frobenius tail).
+    * ``corrected``: the repaired proof: ``√tr Σ`` in place of ``√‖Σ‖_F`` (``E‖x‖ ≤ √(E‖x‖²) = √tr Σ``), all else
+      as stated. The paper's ``α`` needs no repair: ``‖Ŵ_k‖_2 ≤ ‖W̄_k‖_F + E_k`` always holds.
 
     Returns ``{"paper": float, "corrected": float, "E": list of E_i}``.
     """
@@ -319,29 +335,27 @@ def partition_bound(target_weights: Sequence[torch.Tensor], target_biases: Seque
     check_rank(rank, D, "rank")
     check_matrix(Sigma, "Sigma", square=True)
     groups = uniform_partition(len(frozen_weights), Lbar)
-    Es, tails, nW, nb = [], [], [], []
+    Es, nW, nb = [], [], []
     for i, g in enumerate(groups):
         Ei = target_weights[i] - chain_product([frozen_weights[l] for l in g])
         s = torch.linalg.svdvals(Ei)
         k = rank * len(g)
         Es.append(float(s[k]) if k < D else 0.0)
-        tails.append(float(s[k:].square().sum().sqrt()) if k < D else 0.0)
         nW.append(float(torch.linalg.matrix_norm(target_weights[i])))
         nb.append(float(target_biases[i].norm()))
 
-    def beta(ex: float, upto_inclusive: bool) -> float:
+    def beta(ex: float) -> float:
         best = ex
         for i in range(Lbar):
-            top = i + 1 if upto_inclusive else i          # number of target layers before z_i
+            top = i + 1
             val = ex * math.prod(nW[:top]) + sum(math.prod(nW[j + 1:top]) * nb[j] for j in range(top))
             best = max(best, val)
         return best
 
     sq_f, sq_t = math.sqrt(float(torch.linalg.matrix_norm(Sigma))), math.sqrt(float(torch.trace(Sigma)))
-    a_paper = max(nW) + max(Es)
-    a_corr = max(w + t for w, t in zip(nW, tails))
-    paper = beta(sq_f, True) * sum(a_paper ** (Lbar - 1 - i) * Es[i] for i in range(Lbar))
-    corrected = beta(sq_t, False) * sum(a_corr ** (Lbar - 1 - i) * Es[i] for i in range(Lbar))
+    alpha = max(nW) + max(Es)
+    paper = beta(sq_f) * sum(alpha ** (Lbar - 1 - i) * Es[i] for i in range(Lbar))
+    corrected = beta(sq_t) * sum(alpha ** (Lbar - 1 - i) * Es[i] for i in range(Lbar))
     return {"paper": paper, "corrected": corrected, "E": Es}
 
 

@@ -298,3 +298,26 @@ def test_train_tfn_lora_and_mse():
         train_tfn_lora(targets, frozens[:1], configs, steps=1, batch=2, n_tokens=2, generator=gen())
     with pytest.raises(ValueError, match="X must"):
         tfn_mse(adapted, targets, X[0])
+
+
+def test_partition_bound_repair_changes_only_the_input_moment():
+    """With zero target biases beta is sqrt(c) times a product of norms, so the repaired bound is the stated one
+    times sqrt(tr Sigma / ||Sigma||_F) = D^(1/4) for Sigma = I/3, and alpha = max ||W_k||_F + max E_i as stated."""
+    D, L, Lbar, R = 6, 4, 2, 1
+    tw, tb, fw, _ = fnn_instance(D, L, Lbar, 7)
+    zeros = [torch.zeros_like(b) for b in tb]
+    b = partition_bound(tw, zeros, fw, R, torch.eye(D, dtype=F64) / 3)
+    assert b["corrected"] / b["paper"] == pytest.approx(D ** 0.25, rel=1e-12)
+    nW = [torch.linalg.matrix_norm(W).item() for W in tw]
+    alpha = max(nW) + max(b["E"])
+    beta = max(1.0, nW[0], nW[0] * nW[1]) * math.sqrt(math.sqrt(D) / 3)
+    assert b["paper"] == pytest.approx(beta * (alpha * b["E"][0] + b["E"][1]), rel=1e-12)
+
+
+def test_fnn_construction_refuses_a_compounding_bias_bound():
+    g = torch.Generator().manual_seed(0)
+    fw, fb, tw, tb = random_fnn_instance(16, 8, 1, g)
+    with pytest.raises(ValueError, match="compounds the worst-case bias bound"):
+        fnn_construction(list(tw), list(tb), list(fw), 2, 6.0)
+    deltas, biases = fnn_construction(list(tw), list(tb), list(fw[:2]), 8, 6.0)   # a shallow group is fine
+    assert max(b.abs().max().item() for b in biases) < 1e6

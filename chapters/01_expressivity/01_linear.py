@@ -95,12 +95,24 @@ ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel=r"$\|\prod(W_l+\Delta W_l)-\
        title=f"Lemma 1, D={Ds[0]}, rank E = D ({n_inst} instances)")
 ax.legend(ncol=2, fontsize=8)
 
+# %% [markdown]
+# The construction is float64 linear algebra; its error agrees with $\sigma_{RL+1}(E)$ to about $10^{-14}\norm{E}_2$
+# (round-off of products of $L$ matrices and their inverses), so we hold it to $10^{-9}$, five decades above
+# round-off and seven below the smallest error that is not an exact match ($\approx 2\cdot10^{-3}\norm{E}_2$).
+
 # %% tags=["nbval-check-output"]
-lb.claim("construction error equals sigma_{RL+1}(E) in every instance (relative deviation < 1e-9)",
-         dev_sigma < 1e-9, deviation=dev_sigma)
-lb.claim("exact match (error < 1e-9 ||E||) exactly when R >= ceil(R_E / L)",
-         max_err_above < 1e-9 and min_err_below > 1e-6, max_above=max_err_above, min_below=min_err_below)
-lb.claim("every adapter has rank at most R", rank_ok)
+lb.claim("construction error equals sigma_{RL+1}(E) in every instance (largest deviation / ||E||_2)",
+         dev_sigma, "<=", 1e-9, kind="theorem", label="Zeng & Lee, Lemma 1",
+         control=("test_controls_ch1.py::test_lemma1_check_fails_one_rank_short",
+                  "test_controls_ch1.py::test_lemma1_construction_refuses_singular_frozen_layers"))
+lb.claim("exact match from R = ceil(R_E / L) on (largest error / ||E||_2 at and above the threshold)",
+         max_err_above, "<=", 1e-9, kind="theorem", label="Zeng & Lee, Lemma 1 (threshold)",
+         control="test_controls_ch1.py::test_lemma1_check_fails_one_rank_short")
+lb.claim("no exact match below the threshold (smallest error / ||E||_2 below it)", min_err_below, ">", 1e-6,
+         kind="theorem", label="Zeng & Lee, Lemma 1 (threshold)",
+         control="test_controls_ch1.py::test_lemma1_below_threshold_check_fails_at_the_threshold")
+lb.claim("every adapter has rank at most R (adapters over the rank)", int((rec[:, 6] > rec[:, 3]).sum()), "==", 0,
+         kind="sanity")
 
 # %% [markdown]
 # ## Gradient-trained LoRA finds the same optimum
@@ -143,17 +155,37 @@ fig.suptitle("Linear model, D=16, L=2: Adam vs the construction")
 fig.tight_layout()
 
 # %%
-gap = {k: (np.abs(o["test"] - o["construction_test"]) / o["zero_test"][:, None]).max() for k, o in runs.items()}
-shift_gap = {k: (np.abs(o["shift"] - o["construction_shift"]) / o["zero_test"][:, None]).max() for k, o in runs.items()}
+# excess test error of the selected gradient run over the construction's (the optimum), relative to the frozen
+# model's error, over every seed at ranks below the threshold (where the optimum is not 0) and at and above it
+below = np.array(ranks) < 8
+gap = {k: (np.abs(o["test"] - o["construction_test"]) / o["zero_test"][:, None]) for k, o in runs.items()}
+shift_gap = {k: (np.abs(o["shift"] - o["construction_shift"]) / o["zero_test"][:, None])
+             for k, o in runs.items()}
+exact_frac = {k: float((o["test"][:, ~below] / o["zero_test"][:, None] <= ex.EXACT_REL_MSE).mean())
+              for k, o in runs.items()}
+gap_tol = scale.pick(quick=2e-2, default=1e-2, paper=1e-3)
+
+# %% [markdown]
+# Below the threshold the optimum is the fraction $\sum_{i>RL}\sigma_i^2/\sum_i\sigma_i^2$ of the frozen error; Adam
+# is held to reach it within `gap_tol` of the frozen model's error ($2\%$ at `quick`'s 400 steps, $1\%$ at
+# `default`, $0.1\%$ at `paper`), the accuracy the selected runs reach at these budgets. At and above the threshold the optimum is an exact match,
+# and the single criterion of this chapter is `EXACT_REL_MSE` $= 10^{-6}$ of the frozen model's error: we report
+# the fraction of runs that meet it and make no claim that Adam must (see the training-budget discussion in
+# {doc}`02_relu_fnn`).
 
 # %% tags=["nbval-check-output"]
 for kind in runs:
-    lb.claim(f"{kind} frozen model: selected gradient LoRA matches the construction's optimal test error at every rank "
-             "(within tol of the frozen model's error)", gap[kind] < scale.tol, gap=gap[kind])
-    lb.claim(f"{kind} frozen model: the match carries over to shifted inputs", shift_gap[kind] < 2 * scale.tol,
-             gap=shift_gap[kind])
+    lb.claim(f"{kind} frozen model: below the threshold the selected gradient LoRA reaches the optimal "
+             "test error (largest excess / frozen error)", gap[kind][:, below].max(), "<=", gap_tol,
+             kind="sanity")
+    lb.claim(f"{kind} frozen model: below the threshold the fit carries over to shifted inputs (largest "
+             "excess / frozen error)", shift_gap[kind][:, below].max(), "<=", 2 * gap_tol, kind="sanity")
+    lb.claim(f"{kind} frozen model: at and above the threshold the selected runs come within the budget's "
+             "reach of exact (largest test error / frozen error)", gap[kind][:, ~below].max(), "<=", gap_tol,
+             kind="sanity", exact_fraction=exact_frac[kind])
 
 # %% [markdown]
-# In the linear case nothing is lost by training: Adam with a validated learning rate reaches the Eckart–Young
-# optimum at every rank, also on a shifted input distribution (the learned product *is* the optimal matrix, not
-# just a fit to the training distribution). The next sections show that this is no longer true with ReLUs.
+# Below the threshold Adam with a validated learning rate reaches the Eckart–Young optimum, also on a shifted
+# input distribution (the learned product is the optimal matrix, not a fit to the training distribution). At and
+# above it the runs come within `gap_tol` of an exact match, but the fraction that meets the exact-match criterion
+# (printed with the claim) is what this budget reaches, not a property of LoRA.

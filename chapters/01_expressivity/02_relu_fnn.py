@@ -62,10 +62,12 @@ x_test = ex.uniform_inputs((scale.n_test, D), torch_gen, dtype=torch.float64)
 x_shift = ex.uniform_inputs((scale.n_test, D), torch_gen, low=-0.5, high=1.5, dtype=torch.float64)
 Rs = np.arange(1, D + 1)
 mse = np.zeros((seeds, D))
+zero = np.zeros(seeds)  # the frozen model's test error, the unit of the exact-match criterion
 instances = []
 for s in range(seeds):
     fw, fb, tw, tb = ex.random_fnn_instance(D, L, 1, torch_gen)
     instances.append((fw, fb, tw, tb))
+    zero[s] = (ex.fnn_forward(x_test, fw, fb) - ex.fnn_forward(x_test, tw, tb)).square().sum(-1).mean().item()
     for R in Rs:
         deltas, biases = ex.fnn_construction(list(tw), list(tb), list(fw), int(R), radius)
         f = ex.fnn_forward(x_test, [W + d for W, d in zip(fw, deltas)], biases)
@@ -75,8 +77,9 @@ for s in range(seeds):
             pre_adapted = torch.cat([x_test @ (fw[0] + deltas[0]).T + biases[0],
                                      x_shift @ (fw[0] + deltas[0]).T + biases[0]]).flatten().numpy()
 thr = D // L
-drop = (mse[:, thr - 1] / mse[:, thr - 2]).max()
-min_below = mse[:, : thr - 1].min()
+rel = mse / zero[:, None]
+max_at_thr = rel[:, thr - 1:].max()
+min_below = rel[:, : thr - 1].min()
 
 # %% [markdown]
 # Left: the construction's test error against $R$ (median and IQR over seeds) collapses at $R = \lceil D/L\rceil = 8$.
@@ -96,10 +99,14 @@ for a in ax:
 fig.tight_layout()
 
 # %% tags=["nbval-check-output"]
-lb.claim("the adapted first layer keeps every ReLU active (pre-activation >= margin) on test and shifted inputs",
-         bool(pre_adapted.min() >= 1.0 - 1e-9), min_pre=pre_adapted.min())
-lb.claim("at R = ceil(D/L) the construction's error drops by more than 12 orders of magnitude in every seed",
-         bool(drop < 1e-12) and bool(min_below > 1e-6), drop=drop, min_below=min_below)
+lb.claim("the adapted first layer keeps every ReLU active on test and shifted inputs (smallest "
+         "pre-activation)", float(pre_adapted.min()), ">=", 1.0 - 1e-9, kind="sanity")
+lb.claim("exact match from R = ceil(D/L) on (largest test error / frozen error, every seed)", max_at_thr, "<=",
+         ex.EXACT_REL_MSE, kind="theorem", label="Zeng & Lee, Lemma 2",
+         control="test_controls_ch1.py::test_lemma2_exactness_check_fails_one_rank_short")
+lb.claim("no exact match below it (smallest test error / frozen error)", min_below, ">", ex.EXACT_REL_MSE,
+         kind="theorem", label="Zeng & Lee, Lemma 2 (threshold)",
+         control="test_controls_ch1.py::test_lemma2_below_threshold_check_fails_at_the_threshold")
 
 # %% [markdown]
 # ## The error bound, and where the stated form fails
@@ -133,7 +140,8 @@ for fw, fb, tw, tb in instances:
             row.append((m, b["paper"], b["corrected"]))
         bound_rows[name].append(row)
 bounds = {k: np.array(v) for k, v in bound_rows.items()}          # (seeds, R, 3)
-corrected_ok = all(bool((v[..., 0] <= v[..., 2] * 1.05).all()) for v in bounds.values())
+corrected_ratio = max(float((v[..., 0] / v[..., 2]).max()) for v in bounds.values())
+second_moment = x_test.square().sum(-1).mean().item()  # E||x||^2, Monte Carlo (D/3 exactly)
 paper_ratio = bounds["all ReLUs active"][..., 0] / bounds["all ReLUs active"][..., 1]
 
 # %% [markdown]
@@ -152,17 +160,24 @@ axes[0].legend(fontsize=8)
 fig.tight_layout()
 
 # %% tags=["nbval-check-output"]
-lb.claim("the corrected bound tr(Sigma) sigma^2 holds for every seed and rank", corrected_ok)
-lb.claim("the stated bound ||Sigma||_F sigma^2 is violated when all target ReLUs are active",
-         bool(paper_ratio.max() > 1.0), max_ratio=paper_ratio.max())
+lb.claim("the corrected bound tr(Sigma) sigma^2 holds for every seed and rank (largest measured / bound; "
+         "5% for the Monte Carlo error of the test mean)", corrected_ratio, "<=", 1.05, kind="sanity")
+lb.claim("the proof's step E||x||^2 = ||Sigma||_F fails for x ~ U[-1,1]^D (E||x||^2 / ||Sigma||_F)",
+         second_moment / torch.linalg.matrix_norm(Sigma).item(), ">", 1.5, kind="departure",
+         label="Zeng & Lee, Lemma 2 (proof, E||x||^2)")
+lb.claim("the construction's error exceeds the stated bound when all target ReLUs are active (largest "
+         "measured / stated bound)", float(paper_ratio.max()), ">", 1.0, kind="sanity")
 
 # %% [markdown]
-# The stated bound does not reproduce: with all ReLUs active the measured error exceeds it (by a factor that grows
-# with the number of comparable tail singular values), while the corrected bound, which is what the proof actually
-# shows, holds everywhere. With the drawn (small) biases about half of the target's ReLUs are off and the error is
-# smaller, which hides the problem.
+# The proof's step $\E\norm{Ax}^2 \le \norm{A}_2^2\,\E\norm{x}^2$ is right, but $\E\norm{x}^2 = \tr\Sigma$ ($= D/3$
+# here), not $\norm{\Sigma}_F$ ($=\sqrt D/3$): the proof shows the corrected bound, which holds everywhere. The
+# statement itself only asks that *some* adapters reach $\norm{\Sigma}_F\sigma^2$; our construction does not when
+# all ReLUs are active, but a construction is not the best adapter, so this does not refute the statement. A
+# refutation would need the best adapters on an instance whose spectral tail is flat (e.g. $E$ orthogonal, where
+# the two bounds differ by $\sqrt D$); we have not run that search, so the book lists a proof-step error only.
+# With the drawn (small) biases about half of the target's ReLUs are off and the error is smaller.
 #
-# ## Gradient LoRA: a plateau above the construction
+# ## Gradient LoRA within a fixed training budget
 #
 # The same grid as for linear models (rank × seed × learning rate × weight decay, one batched program, fresh inputs
 # at every step, selection on a validation set, test on fresh and shifted inputs), with trainable biases and with
@@ -203,17 +218,20 @@ ax.annotate("construction exact from R = 8\n(error < 1e-20, off the axis)", xy=(
 ax.legend(fontsize=8)
 
 # %% tags=["nbval-check-output"]
-lb.claim("at and above the threshold gradient LoRA plateaus (error > 1e-6 of the frozen model's) where the construction is exact",
-         bool(rel_plateau > 1e-6) and bool(constr[:, above].max() < 1e-12), plateau=rel_plateau)
-lb.claim("below the threshold trainable biases lower gradient LoRA's error (median over seeds)", bool((bias_gain > 1).all()),
-         gain=bias_gain.min())
-lb.claim("at the smallest rank gradient LoRA beats the construction (median over seeds)", bool(beats_at_1))
+lb.claim("at and above the threshold, within this budget, no selected gradient run meets the exact-match "
+         "criterion (smallest test error / frozen error)", rel_plateau, ">", ex.EXACT_REL_MSE, kind="sanity")
+lb.claim("the construction is exact at the same ranks (largest test error there)", float(constr[:, above].max()),
+         "<=", 1e-12, kind="sanity")
+lb.claim("below the threshold trainable biases lower gradient LoRA's error (smallest ratio of medians, fixed / "
+         "trainable)", float(bias_gain.min()), ">", 1.0, kind="sanity")
+lb.claim("at the smallest rank gradient LoRA beats the construction (ratio of medians, gradient / construction)",
+         float(np.median(grad_bias[:, 0]) / np.median(constr[:, 0])), "<", 1.0, kind="sanity")
 
 # %% [markdown]
 # Below the threshold the construction is only an upper bound: it spends the ReLUs of the first layers on being
 # linear, and Adam, which can use them, does better at the smallest ranks (not at all ranks). At and above the
-# threshold the ordering flips: the construction is exact while Adam stalls on a plateau — for some seeds at a few
-# percent of the frozen model's error, when ReLUs of the output layer die during training and never recover.
-# Trainable biases help consistently below the threshold; above it both variants end on such plateaus and which one
-# is lower varies from seed to seed. The paper reports gradient LoRA close to its construction; on a log scale we
-# find a clear gap at and above the threshold.
+# threshold the construction is exact, while the selected Adam runs stop well short of the exact-match criterion
+# within this budget (400 steps at `quick`, 1,200 at `default`, the paper's 5,000 at `paper`); for some seeds they
+# stay at a few percent of the frozen model's error, when ReLUs of the output layer die during training. This is
+# a statement about the budget, not about LoRA: the paper's own bias-tuning runs reach far lower errors with more
+# steps, and we have not measured how the gap closes with longer training, a learning-rate schedule or float64.

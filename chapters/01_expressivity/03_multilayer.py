@@ -45,10 +45,11 @@ print(lb.describe())
 # set once $R \ge \lceil D/M\rceil$.
 # ```
 #
-# Here $\beta$ bounds $\E\norm{\bar z_{i-1}}$ (the target's hidden states) and $\alpha$ bounds $\norm{\hat W_i}_F$, the
-# Frobenius norm of a group's effective weight. As for {prf:ref}`prop-ch1-relu-bound`, the slides' constants are not
-# what the proof gives: $\E\norm{x} \le \sqrt{\tr\Sigma}$, not $\sqrt{\norm\Sigma_F}$, and
-# $\norm{\hat W_i}_F \le \norm{\bar W_i}_F + (\sum_{j>RM}\sigma_j^2)^{1/2}$, not $\norm{\bar W_i}_F + E_i$. We evaluate both
+# Here $\beta$ bounds $\E\norm{\bar z_{i-1}}$ (the target's hidden states) and $\alpha = \max_k\norm{\bar W_k}_F + \max_i E_i$
+# bounds the spectral norm of a group's effective weight $\hat W_i$ (that step is right:
+# $\norm{\hat W_i}_2 \le \norm{\bar W_i}_2 + E_i$). As for {prf:ref}`prop-ch1-relu-bound`, one step of the proof is
+# not: $\E\norm{x} \le \sqrt{\E\norm{x}^2} = \sqrt{\tr\Sigma}$, not $\sqrt{\norm\Sigma_F}$. The repaired proof changes
+# only that constant. We evaluate both
 # versions (`partition_bound`). The construction itself must also carry the target's biases and ReLUs between groups:
 # group $i$ ends with bias $\bar b_i$ and a ReLU, and the bias shift of group $i+1$ is computed for the image of the
 # input ball under group $i$ (`fnn_construction`). Setting: $D = 16$, $\bar L = 2$, $L = 4$ ($M = 2$), inputs $U[-1,1]^D$.
@@ -82,8 +83,10 @@ below = Rs < thr
 # %%
 fig, ax = plotting.subplots(1, width=6.4)
 plotting.band(ax, Rs, err + 1e-17, label="measured (construction)", color=plotting.COLORS["construction"])
-plotting.band(ax, Rs[below], b_paper[:, below], label=r"bound, slides' $\alpha,\beta$", color=plotting.COLORS["other"], marker="")
-plotting.band(ax, Rs[below], b_corr[:, below], label=r"bound, corrected $\alpha,\beta$", color=plotting.COLORS["theory"],
+plotting.band(ax, Rs[below], b_paper[:, below], label=r"bound as stated ($\sqrt{\|\Sigma\|_F}$)",
+              color=plotting.COLORS["other"], marker="")
+plotting.band(ax, Rs[below], b_corr[:, below], label=r"repaired proof ($\sqrt{\mathrm{tr}\,\Sigma}$)",
+              color=plotting.COLORS["theory"],
               marker="", linestyle="--")
 plotting.mark_threshold(ax, thr, label=r"$\lceil D/M\rceil$")
 ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel=r"$\mathbb{E}\|f(x)-\bar f(x)\|_2$",
@@ -91,15 +94,24 @@ ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel=r"$\mathbb{E}\|f(x)-\bar f(x
 ax.legend(fontsize=8)
 
 # %% tags=["nbval-check-output"]
-lb.claim("the measured error is below the corrected bound at every rank and seed", bool((err <= b_corr * (1 + 1e-9) + 1e-9 * scale_f).all()),
-         worst_ratio=(err[:, below] / b_corr[:, below]).max())
-lb.claim("the partitioned construction matches the two-layer target exactly from R = ceil(D/M) on",
-         bool(err[:, ~below].max() < 1e-9 * scale_f) and bool(err[:, below].min() > 1e-6 * scale_f),
-         max_above=err[:, ~below].max(), min_below=err[:, below].min())
-lb.claim("the bound is loose: it exceeds the measured error by more than 10x below the threshold",
-         bool((b_corr[:, below] / err[:, below]).min() > 10), min_ratio=(b_corr[:, below] / err[:, below]).min())
+lb.claim("the measured error is below the stated bound at every rank below the threshold and seed (largest "
+         "measured / bound)", float((err[:, below] / b_paper[:, below]).max()), "<=", 1.0, kind="sanity")
+lb.claim("and below the repaired bound (largest measured / bound)", float((err[:, below] / b_corr[:, below]).max()),
+         "<=", 1.0, kind="sanity")
+lb.claim("exact match from R = ceil(D/M) on (largest error / mean ||f_bar(x)||)", float(err[:, ~below].max() / scale_f),
+         "<=", 1e-9, kind="theorem", label="Zeng & Lee, Theorem 5 (threshold)",
+         control="test_controls_ch1.py::test_partition_exactness_check_fails_one_rank_short")
+lb.claim("no exact match below it (smallest error / mean ||f_bar(x)||)", float(err[:, below].min() / scale_f), ">",
+         1e-6, kind="theorem", label="Zeng & Lee, Theorem 5 (threshold)",
+         control="test_controls_ch1.py::test_partition_exactness_check_fails_one_rank_short")
+lb.claim("the stated bound is loose: it exceeds the measured error by more than 10x below the threshold (smallest "
+         "bound / measured)", float((b_paper[:, below] / err[:, below]).min()), ">", 10.0, kind="sanity")
 
 # %% [markdown]
 # The threshold is where the theorem puts it: each group of $M = 2$ layers needs $2R \ge \rank(\bar W_i - \prod W) = D$.
-# Below it the bound holds but is loose by orders of magnitude: $\alpha^{\bar L - i}$ multiplies Frobenius norms,
-# while the error that actually propagates is governed by spectral norms and halved by ReLUs.
+# Below it the bound holds, as stated and as repaired, but is loose by orders of magnitude: $\alpha^{\bar L - i}$
+# multiplies Frobenius norms, while the error that actually propagates is governed by spectral norms and halved by
+# ReLUs. The stated constant holds here by a wide margin, so the wrong proof step is an error of the proof, not a
+# counterexample to the theorem. A bound this loose cannot tell a right construction from a wrong one (adapters of
+# the wrong rank, or a bound given the wrong input moment, still pass it), so the bound checks are sanity checks;
+# the theorem is tested by its threshold.

@@ -1,0 +1,106 @@
+"""Negative controls of chapter 1's theorem claims: the same check as the page, on an input where the theorem's
+hypothesis is violated or its conclusion is false, must fail (or the construction must refuse the input)."""
+import math
+
+import pytest
+import torch
+
+from lorabook import expressivity as ex
+from lorabook.checks import evaluate
+from lorabook.linalg import chain_product
+
+
+def _linear(D=8, L=2, rank_E=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    target, frozen = ex.random_linear_instance(D, L, rank_E, g)
+    return target, frozen, target - chain_product(frozen)
+
+
+def _rel_err(target, frozen, R):
+    deltas = ex.linear_construction(target, frozen, R)
+    adapted = chain_product([W + d for W, d in zip(frozen, deltas)])
+    E = target - chain_product(frozen)
+    return (torch.linalg.matrix_norm(adapted - target, 2) / torch.linalg.matrix_norm(E, 2)).item()
+
+
+def test_lemma1_checks_pass_on_the_pages_input():
+    target, frozen, E = _linear()
+    norm = torch.linalg.matrix_norm(E, 2).item()
+    for R in range(1, 9):
+        dev = abs(_rel_err(target, frozen, R) - ex.lemma1_error(E, R, 2) / norm)
+        assert evaluate(dev, "<=", 1e-9).passed
+    assert evaluate(_rel_err(target, frozen, 4), "<=", 1e-9).passed      # R = ceil(8 / 2)
+    assert evaluate(_rel_err(target, frozen, 3), ">", 1e-6).passed       # one below
+
+
+def test_lemma1_check_fails_one_rank_short():
+    """Adapters of rank R - 1 leave sigma_{(R-1)L+1}(E), not sigma_{RL+1}(E): both checks of the page fail."""
+    target, frozen, E = _linear()
+    norm = torch.linalg.matrix_norm(E, 2).item()
+    for R in range(2, 5):
+        dev = abs(_rel_err(target, frozen, R - 1) - ex.lemma1_error(E, R, 2) / norm)
+        assert not evaluate(dev, "<=", 1e-9).passed
+    assert not evaluate(_rel_err(target, frozen, math.ceil(8 / 2) - 1), "<=", 1e-9).passed
+
+
+def test_lemma1_below_threshold_check_fails_at_the_threshold():
+    target, frozen, _ = _linear()
+    assert not evaluate(_rel_err(target, frozen, 4), ">", 1e-6).passed
+
+
+def test_lemma1_construction_refuses_singular_frozen_layers():
+    """The lemma assumes non-singular frozen layers; a singular one is refused, never silently used."""
+    target, frozen, _ = _linear()
+    singular = [frozen[0].clone(), frozen[1]]
+    singular[0][:, 0] = 0.0
+    with pytest.raises(ValueError):
+        ex.linear_construction(target, singular, 2)
+
+
+def _relu_rel_err(R, seed=1, D=16, L=2):
+    g = torch.Generator().manual_seed(seed)
+    fw, fb, tw, tb = ex.random_fnn_instance(D, L, 1, g)
+    x = ex.uniform_inputs((2000, D), g, dtype=torch.float64)
+    deltas, biases = ex.fnn_construction(list(tw), list(tb), list(fw), R, 1.5 * math.sqrt(D))
+    f = ex.fnn_forward(x, [W + d for W, d in zip(fw, deltas)], biases)
+    target = ex.fnn_forward(x, tw, tb)
+    zero = (ex.fnn_forward(x, fw, fb) - target).square().sum(-1).mean()
+    return ((f - target).square().sum(-1).mean() / zero).item()
+
+
+def test_lemma2_checks_pass_on_the_pages_input():
+    assert evaluate(_relu_rel_err(8), "<=", ex.EXACT_REL_MSE).passed
+    assert evaluate(_relu_rel_err(7), ">", ex.EXACT_REL_MSE).passed
+
+
+def test_lemma2_exactness_check_fails_one_rank_short():
+    assert not evaluate(_relu_rel_err(7), "<=", ex.EXACT_REL_MSE).passed
+
+
+def test_lemma2_below_threshold_check_fails_at_the_threshold():
+    assert not evaluate(_relu_rel_err(8), ">", ex.EXACT_REL_MSE).passed
+
+
+def _partition(R, bound_rank, seed=3, D=16, L=4, Lbar=2, moment=1 / 3):
+    g = torch.Generator().manual_seed(seed)
+    fw, fb, tw, tb = ex.random_fnn_instance(D, L, Lbar, g)
+    x = ex.uniform_inputs((2000, D), g, dtype=torch.float64)
+    fbar = ex.fnn_forward(x, tw, tb)
+    deltas, biases = ex.fnn_construction(list(tw), list(tb), list(fw), R, math.sqrt(D))
+    err = (ex.fnn_forward(x, [W + d for W, d in zip(fw, deltas)], biases) - fbar).norm(dim=-1).mean().item()
+    bound = ex.partition_bound(list(tw), list(tb), list(fw), bound_rank, torch.eye(D, dtype=torch.float64) * moment)
+    return err, bound, fbar.norm(dim=-1).mean().item()
+
+
+def test_partition_checks_pass_on_the_pages_input():
+    err, bound, _ = _partition(4, 4)
+    assert evaluate(err / bound["paper"], "<=", 1.0).passed
+    err, _, scale_f = _partition(8, 8)
+    assert evaluate(err / scale_f, "<=", 1e-9).passed
+
+
+def test_partition_exactness_check_fails_one_rank_short():
+    err, _, scale_f = _partition(7, 7)
+    assert not evaluate(err / scale_f, "<=", 1e-9).passed
+    err, _, scale_f = _partition(8, 8)
+    assert not evaluate(err / scale_f, ">", 1e-6).passed

@@ -93,7 +93,7 @@ grad_above = np.array(grad_ranks) >= thr
 
 # %% [markdown]
 # Test MSE per token against the rank (median and IQR over seeds): the construction collapses at $R = D/2$; Adam
-# improves on the frozen model but gains little from extra rank and stays far above exact match.
+# improves on the frozen model but, within this budget, gains little from extra rank.
 
 # %%
 fig, ax = plotting.subplots(1, width=6.4)
@@ -106,14 +106,25 @@ ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel=r"test $\mathbb{E}\|f(Z)-\ba
 ax.legend(fontsize=8)
 
 # %% tags=["nbval-check-output"]
-lb.claim("the TFN construction is exact exactly when R >= ceil(D/2)",
-         bool(constr[:, above].max() < 1e-18 * zero.min()) and bool(constr[:, ~above].min() > 1e-6 * zero.max()),
-         max_above=constr[:, above].max(), min_below=constr[:, ~above].min())
-lb.claim("gradient LoRA improves on the frozen model at every rank", bool((grad < zero[:, None]).all()))
-lb.claim("from R = ceil(D/2) on, gradient LoRA stays above exact match (error > 1e-6 of the frozen model's)",
-         bool((grad[:, grad_above] > 1e-6 * zero[:, None]).all()), min_rel=(grad[:, grad_above] / zero[:, None]).min())
+rel_constr, rel_grad = constr / zero[:, None], grad / zero[:, None]
+lb.claim("the TFN construction is exact from R = ceil(D/2) on (largest test error / frozen error)",
+         float(rel_constr[:, above].max()), "<=", ex.EXACT_REL_MSE, kind="theorem",
+         label="Zeng & Lee, Transformer networks (shared feed-forward blocks)",
+         control="test_controls_ch1.py::test_tfn_exactness_check_fails_one_rank_short")
+lb.claim("and not below it (smallest test error / frozen error)", float(rel_constr[:, ~above].min()), ">",
+         ex.EXACT_REL_MSE, kind="theorem", label="Zeng & Lee, Transformer networks (shared feed-forward blocks)",
+         control="test_controls_ch1.py::test_tfn_below_threshold_check_fails_at_the_threshold")
+lb.claim("gradient LoRA improves on the frozen model at every rank (largest test error / frozen error)",
+         float(rel_grad.max()), "<", 1.0, kind="sanity")
+lb.claim("from R = ceil(D/2) on, within this budget no selected gradient run meets the exact-match criterion "
+         "(smallest test error / frozen error)", float(rel_grad[:, grad_above].min()), ">", ex.EXACT_REL_MSE,
+         kind="sanity")
 
 # %% [markdown]
-# As for feed-forward networks, the construction certifies what rank suffices; Adam, in the steps we give it, does
-# not find that solution: through the softmax the loss landscape of the attention adapters is far from the convex
-# picture of the linear case, and in our runs the fitted error barely depends on the rank beyond the first few.
+# The construction certifies which rank suffices. Adam, within the steps we give it (150 at `quick`, 600 at
+# `default`, the paper's 5,000 at `paper`), improves on the frozen model at every rank but stays far from an exact
+# match, and its error depends little on the rank beyond the first few. That is what this budget reaches, not a
+# property of LoRA: we have not measured how the gap closes with more steps, a learning-rate schedule or float64
+# training. This section also departs from the paper's theorem, which lets the target and frozen Transformers
+# differ in every weight (feed-forward blocks included) and adapts those too, at $D = 16$; here only attention
+# differs, which reduces the result to {prf:ref}`lem-ch1-linear` with $L = 2$ on each pair, and `default` uses $D = 8$.

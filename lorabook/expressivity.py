@@ -752,19 +752,28 @@ def _stack_layers(instances: Sequence[Sequence[dict]], extra: int, dtype, device
 def train_tfn_lora(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence[dict]], configs: Sequence[dict], *,
                    steps: int, batch: int, n_tokens: int, generator: torch.Generator,
                    progress: bool | str = False, dtype: torch.dtype = torch.float32,
-                   device: torch.device | str = "cpu") -> list[dict]:
+                   device: torch.device | str = "cpu", train_ffn: bool = False,
+                   lr_factors: Sequence[float] = (1.0,), eval_X: torch.Tensor | None = None):
     """Gradient LoRA on ``W_Q, W_K, W_V, W_O`` of every head and layer of a TFN, batched over (seed × config).
 
     Parameters
     ----------
-    targets, frozens : S lists of layer dicts (one TFN pair per seed, as from :func:`random_tfn_instance`).
+    targets, frozens : S lists of layer dicts (one TFN pair per seed, as from :func:`random_tfn_instance` or
+        :func:`random_tfn_pair`).
     configs : C dicts ``{"rank": R ≥ 1, "lr": η}``.
-    steps, batch, n_tokens : Adam steps; fresh inputs (batch, n_tokens, D) with ``N(0, 1)`` entries every step.
+    steps, batch, n_tokens : Adam steps in all; fresh inputs (batch, n_tokens, D) with ``N(0, 1)`` entries every
+        step.
+    train_ffn : also train the feed-forward biases ``b1, b2`` of every layer and the output weight ``W2`` of the
+        last layer in full (the parameters :func:`tfn_full_construction` changes besides the adapters).
+    lr_factors : a piecewise-constant schedule: ``steps`` is split into ``len(lr_factors)`` equal phases, phase
+        ``k`` runs Adam (moments restarted) at ``η · lr_factors[k]``; ``steps`` must be divisible by the count.
+    eval_X : optional (S, n, N, D) test inputs; then the test MSE is also recorded after every phase.
 
     Returns
     -------
     adapted layers: list of dicts whose ``Q, K, V, O`` have shape (S, C, 1, H, D, D) (other keys broadcast), for
-    :func:`tfn_forward` on inputs of shape (S, C, n, N, D) or (S, 1, n, N, D).
+    :func:`tfn_forward` on inputs of shape (S, C, n, N, D) or (S, 1, n, N, D). With ``eval_X``, the pair
+    ``(adapted, curve)`` with ``curve`` of shape (len(lr_factors), S, C) (test MSE after each phase).
     """
     S = len(targets)
     if S == 0 or len(frozens) != S:
@@ -778,6 +787,16 @@ def train_tfn_lora(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence
     for c in configs:
         check_rank(c["rank"], D, "rank")
         _positive(c["lr"], "lr")
+    if isinstance(lr_factors, (str, bytes)) or not isinstance(lr_factors, Sequence) or not lr_factors:
+        raise ValueError("lr_factors must be a non-empty sequence of positive numbers")
+    for a in lr_factors:
+        _positive(a, "lr_factors entry")
+    check_rank(steps, 10**9, "steps")
+    if steps % len(lr_factors):
+        raise ValueError(f"steps={steps} is not divisible by the {len(lr_factors)} phases of lr_factors")
+    if eval_X is not None and (not isinstance(eval_X, torch.Tensor) or eval_X.dim() != 4
+                               or eval_X.shape[0] != S or eval_X.shape[-1] != D):
+        raise ValueError(f"eval_X must have shape (S={S}, n, N, D={D})")
     C, n_layers = len(configs), len(targets[0])
     kw = dict(dtype=dtype, device=device)
     tgt = _stack_layers(targets, 0, **kw)
@@ -785,8 +804,8 @@ def train_tfn_lora(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence
     r_max = max(c["rank"] for c in configs)
     mask = (torch.arange(r_max)[None] < torch.tensor([c["rank"] for c in configs])[:, None]).to(**kw)
     mask = mask.reshape(1, C, 1, 1, 1, r_max)
-    params, factors = [], []
-    for _ in range(n_layers):
+    params, factors, ffn = [], [], []
+    for l in range(n_layers):
         layer = {}
         for k in ("Q", "K", "V", "O"):
             A = (torch.randn(S * C, 1, H, r_max, D, generator=generator, dtype=torch.float64) / math.sqrt(D)).to(**kw)
@@ -794,15 +813,24 @@ def train_tfn_lora(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence
             params += [A, B]
             layer[k] = (A, B)
         factors.append(layer)
+        extra = {}
+        if train_ffn:
+            extra = {"b1": torch.zeros(S * C, D, **kw), "b2": torch.zeros(S * C, D, **kw)}
+            if l == n_layers - 1:
+                extra["W2"] = torch.zeros(S * C, D, D, **kw)
+            params += list(extra.values())
+        ffn.append(extra)
     lr = torch.tensor([float(c["lr"]) for c in configs], **kw).repeat(S)
 
     def adapted() -> list[dict]:
         out = []
-        for fl, fac in zip(frz, factors):
+        for fl, fac, extra in zip(frz, factors, ffn):
             new = dict(fl)
             for k, (A, B) in fac.items():
                 delta = (B.view(S, C, 1, H, D, r_max) * mask) @ A.view(S, C, 1, H, r_max, D)
                 new[k] = fl[k] + delta
+            for k, P in extra.items():
+                new[k] = fl[k] + P.view((S, C, 1) + (1,) * (3 - P.dim()) + P.shape[1:])
             out.append(new)
         return out
 
@@ -813,9 +841,15 @@ def train_tfn_lora(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence
         out = tfn_forward(X[:, None], adapted())                                      # (S, C, n, N, D)
         return (out - y[:, None]).square().sum(-1).mean((-1, -2)).reshape(S * C)
 
-    batched_adam(params, loss_fn, steps, lr, progress=progress)
+    curve = []
+    for a in lr_factors:
+        batched_adam(params, loss_fn, steps // len(lr_factors), lr * float(a), progress=progress)
+        if eval_X is not None:
+            with torch.no_grad():
+                curve.append(tfn_mse(adapted(), targets, eval_X))
     with torch.no_grad():
-        return [{k: v.detach() for k, v in layer.items()} for layer in adapted()]
+        result = [{k: v.detach() for k, v in layer.items()} for layer in adapted()]
+    return result if eval_X is None else (result, torch.stack(curve))
 
 
 def tfn_mse(adapted: Sequence[dict], targets: Sequence[Sequence[dict]], X: torch.Tensor) -> torch.Tensor:
@@ -828,3 +862,110 @@ def tfn_mse(adapted: Sequence[dict], targets: Sequence[Sequence[dict]], X: torch
         y = tfn_forward(X, _stack_layers(targets, 0, **kw))
         out = tfn_forward(X[:, None], list(adapted))
     return (out - y[:, None]).square().sum(-1).mean((-1, -2))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Transformer networks whose every weight differs (the paper's setting)
+def random_tfn_pair(D: int, H: int, n_layers: int, generator: torch.Generator, *, ffn_bias_std: float = 0.1
+                    ) -> tuple[list[dict], list[dict]]:
+    """A random target TFN and a frozen TFN that differ in every weight, feed-forward blocks included.
+
+    All weights are drawn independently for the two models (float64, on the CPU from ``generator``):
+    attention ``W_Q, W_K, W_V, W_O`` of shape (H, D, D) and feed-forward ``W1, W2`` (D, D) with entries
+    ``N(0, 1/D)``, biases ``b1, b2`` (D,) with entries ``N(0, ffn_bias_std²)``.
+
+    Returns ``(target, frozen)``, two lists of ``n_layers`` layer dicts for :func:`tfn_forward`.
+    """
+    check_rank(D, 10**4, "D")
+    check_rank(H, 10**4, "H")
+    check_rank(n_layers, 10**4, "n_layers")
+    _positive(ffn_bias_std, "ffn_bias_std")
+    kw = dict(generator=generator, dtype=torch.float64)
+
+    def layer() -> dict:
+        out = {k: torch.randn(H, D, D, **kw) / math.sqrt(D) for k in ("Q", "K", "V", "O")}
+        out.update(W1=torch.randn(D, D, **kw) / math.sqrt(D), b1=torch.randn(D, **kw) * ffn_bias_std,
+                   W2=torch.randn(D, D, **kw) / math.sqrt(D), b2=torch.randn(D, **kw) * ffn_bias_std)
+        return out
+
+    target, frozen = [], []
+    for _ in range(n_layers):
+        target.append(layer())
+        frozen.append(layer())
+    return target, frozen
+
+
+def _check_ffn(layers: Sequence[dict], name: str, D: int) -> None:
+    for l, layer in enumerate(layers, start=1):
+        for k, shape in (("W1", (D, D)), ("W2", (D, D)), ("b1", (D,)), ("b2", (D,))):
+            T = layer[k]
+            if not isinstance(T, torch.Tensor) or tuple(T.shape) != shape or not torch.isfinite(T).all():
+                raise ValueError(f"{name}[{l}]['{k}'] must be finite with shape {shape}")
+
+
+def tfn_full_construction(target: Sequence[dict], frozen: Sequence[dict], rank: int) -> list[dict]:
+    """Adapters that make a frozen TFN equal a target TFN differing in every weight (Zeng & Lee's TFN theorem).
+
+    Rank-``rank`` adapters on ``W_Q, W_K, W_V, W_O`` of every head and layer, new feed-forward biases
+    ``b1, b2`` in every layer, and a (full) update of the output weight ``W2`` of the last layer. With tokens as
+    rows, the adapted layer ``l`` reproduces the target's hidden state ``Z̄_l`` up to an invertible map,
+    ``Z_l = Z̄_l T_lᵀ`` with ``T_l = W2_l W̄2_l^{-1}`` (``T_0 = T_L = I``), by matching per head
+
+    * the score product ``W_Kᵀ W_Q`` to ``T_{l-1}^{-ᵀ} W̄_Kᵀ W̄_Q T_{l-1}^{-1}`` (frozen pair ``[W_Q, W_Kᵀ]``),
+    * the value product ``W_O W_V`` to ``W1_l^{-1} W̄1_l W̄_O W̄_V T_{l-1}^{-1}`` (frozen pair ``[W_V, W_O]``),
+
+    each with :func:`linear_construction` (``L = 2``): exact once ``2R ≥ D``, i.e. ``R ≥ ⌈D/2⌉``; below that each
+    product keeps the error ``σ_{2R+1}`` of its difference. Then ``b1 ← b̄1``, ``b2 ← T_l b̄2`` (last layer:
+    ``W2 ← W̄2``, ``b2 ← b̄2``).
+
+    Parameters
+    ----------
+    target, frozen : lists of ``L`` layer dicts (``Q, K, V, O`` (H, D, D); ``W1, W2`` (D, D); ``b1, b2`` (D,)).
+    rank : LoRA rank ``R`` in ``[1, D]``.
+
+    Returns
+    -------
+    The adapted layers (same dict format) with the extra keys ``dQ, dK, dV, dO`` (H, D, D) holding the adapters.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes or keys, NaN, rank out of range, a singular frozen ``W1`` or ``W2`` or target ``W2``
+        (in a layer before the last), or a pair violating the assumptions of Lemma 1.
+    """
+    H, D = _check_tfn(target, "target")
+    if _check_tfn(frozen, "frozen") != (H, D) or len(target) != len(frozen):
+        raise ValueError("target and frozen TFN must have the same depth, heads and width")
+    _check_ffn(target, "target", D)
+    _check_ffn(frozen, "frozen", D)
+    check_rank(rank, D, "rank")
+    L = len(target)
+    for l, (t, f) in enumerate(zip(target, frozen), start=1):
+        _check_nonsingular(f["W1"], f"frozen W1 of layer {l}")
+        if l < L:
+            _check_nonsingular(f["W2"], f"frozen W2 of layer {l}")
+            _check_nonsingular(t["W2"], f"target W2 of layer {l}")
+    T = torch.eye(D, dtype=target[0]["Q"].dtype, device=target[0]["Q"].device)
+    out = []
+    for l, (t, f) in enumerate(zip(target, frozen), start=1):
+        T_inv = torch.linalg.inv(T)
+        new = dict(f)
+        ds: dict[str, list] = {k: [] for k in ("Q", "K", "V", "O")}
+        for h in range(H):
+            score = T_inv.T @ t["K"][h].T @ t["Q"][h] @ T_inv
+            dq, dkT = linear_construction(score, [f["Q"][h], f["K"][h].T], rank)
+            value = torch.linalg.solve(f["W1"], t["W1"] @ t["O"][h] @ t["V"][h] @ T_inv)
+            dv, do = linear_construction(value, [f["V"][h], f["O"][h]], rank)
+            for k, d in (("Q", dq), ("K", dkT.T), ("V", dv), ("O", do)):
+                ds[k].append(d)
+        for k, d in ds.items():
+            new["d" + k] = torch.stack(d)
+            new[k] = f[k] + new["d" + k]
+        new["b1"] = t["b1"].clone()
+        if l < L:
+            T = torch.linalg.solve(t["W2"].T, f["W2"].T).T                   # W2 W̄2^{-1}
+            new["b2"] = T @ t["b2"]
+        else:
+            new["W2"], new["b2"] = t["W2"].clone(), t["b2"].clone()
+        out.append(new)
+    return out

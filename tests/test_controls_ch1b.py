@@ -54,3 +54,30 @@ def test_full_tfn_refuses_a_singular_frozen_attention_weight():
     frozen[1] = {**frozen[1], "V": V}
     with pytest.raises(ValueError, match="singular"):
         ex.tfn_full_construction(target, frozen, D // 2)
+
+
+# --- the slides' transfer extension: the Stein moment finds the row space of W_1 -----------------------------
+from lorabook import transfer as tr  # noqa: E402
+
+STEIN_ROW_SPACE_MAX = 0.15      # the page's limit on the row-space error at its largest n (16,000 samples)
+
+
+def _row_space_error(activation, n=16_000, seeds=3):
+    g = torch.Generator().manual_seed(0)
+    teacher = tr.random_teacher(seeds, 16, [4, 16, 3], 2, activation=activation, generator=g)
+    x, y = tr.sample(teacher, n, generator=g)
+    V = tr.row_space(tr.stein_moment(x, y, center="linear"), 4)[0]
+    return float(tr.subspace_distance(V, tr.true_row_space(teacher.W1)).median())
+
+
+def test_stein_row_space_check_passes_for_a_relu_network():
+    assert evaluate(_row_space_error("relu"), "<", STEIN_ROW_SPACE_MAX).passed
+
+
+def test_stein_row_space_check_fails_for_an_odd_network():
+    # an odd g has E[∇²g] = 0: the hypothesis (a non-singular Hessian moment) is violated
+    assert not evaluate(_row_space_error("tanh"), "<", STEIN_ROW_SPACE_MAX).passed
+
+
+def test_stein_row_space_check_fails_with_too_few_samples():
+    assert not evaluate(_row_space_error("relu", n=200), "<", STEIN_ROW_SPACE_MAX).passed

@@ -47,22 +47,26 @@ plotting.use_style()
 print(lb.describe())
 
 # %% tags=["nbval-ignore-output"]
-ns = scale.pick(quick=[1_000, 4_000, 16_000], default=[500, 1_000, 2_000, 4_000, 8_000, 16_000],
+ns = scale.pick(quick=[1_000, 4_000, 16_000],
+                default=[500, 1_000, 2_000, 4_000, 8_000, 16_000],
                 paper=[500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000])
-base = dict(version="transfer-v1", scale=scale.name, seed=0, seeds=scale.pick(quick=3, default=6, paper=50), d=16,
+base = dict(version="transfer-v1", scale=scale.name, seed=0,
+            seeds=scale.pick(quick=3, default=6, paper=50), d=16,
             widths=[4, 16, 3], rank=2, z_scale=1.0, noise=0.1, activation="relu", ns=ns,
             n_test=scale.n_test, center="linear", refine=True,
             lora_steps=scale.pick(quick=300, default=500, paper=5_000),
-            lrs=scale.pick(quick=[1e-2, 3e-2], default=[1e-2, 3e-2], paper=[1e-3, 3e-3, 1e-2, 3e-2]),
+            lrs=scale.pick(quick=[1e-2, 3e-2], default=[1e-2, 3e-2],
+                           paper=[1e-3, 3e-3, 1e-2, 3e-2]),
             batch_size=scale.pick(quick=128, default=128, paper=256))
 configs = {
-    "relu": base,                                                         # the method, and gradient LoRA
+    "relu": base,                                      # the method, and gradient LoRA
     "relu, no control variate": dict(base, center="none", refine=False, lora_steps=0),
     "tanh (odd)": dict(base, activation="tanh", refine=False, lora_steps=0),
     "k1 = d": dict(base, widths=[16, 16, 3], refine=False),
 }
 runs = dict(zip(configs, cached_sweep("transfer", configs.values(), tr.run_experiment)))
-med = {name: {key: np.median(v, axis=-1) for key, v in run.items() if np.ndim(v) == 2} for name, run in runs.items()}
+med = {name: {key: np.median(v, axis=-1) for key, v in run.items() if np.ndim(v) == 2}
+       for name, run in runs.items()}
 
 
 def loglog_slope(x, y):
@@ -96,19 +100,23 @@ def loglog_slope(x, y):
 
 # %%
 fig, ax = plotting.subplots(2, width=4.6)
-styles = {"relu": plotting.COLORS["construction"], "relu, no control variate": plotting.COLORS["other"],
+styles = {"relu": plotting.COLORS["construction"],
+          "relu, no control variate": plotting.COLORS["other"],
           "tanh (odd)": plotting.COLORS["lora_A"]}
+names = {"relu": "ReLU, linear control variate",
+         "relu, no control variate": "ReLU, no control variate",
+         "tanh (odd)": "tanh (odd network)"}
 for name, color in styles.items():
-    label = {"relu": "ReLU, linear control variate", "relu, no control variate": "ReLU, no control variate",
-             "tanh (odd)": "tanh (odd network)"}[name]
+    label = names[name]
     plotting.band(ax[0], ns, runs[name]["row_space"].T, label=label, color=color)
     plotting.band(ax[1], ns, runs[name]["moment_norm"].T, label=label, color=color)
 ref = med["relu"]["row_space"][-1] * (np.asarray(ns) / ns[-1]) ** -0.5
 ax[0].plot(ns, ref, ":", color=plotting.COLORS["theory"], label=r"$\propto n^{-1/2}$")
-ax[0].set(xscale="log", yscale="log", xlabel="subgroup size $n$", ylabel=r"$\|\hat V\hat V^\top - VV^\top\|_2$",
+ax[0].set(xscale="log", yscale="log", xlabel="subgroup size $n$",
+          ylabel=r"$\|\hat V\hat V^\top - VV^\top\|_2$",
           title="row space of $W_1$ from the Stein moment")
-ax[1].set(xscale="log", yscale="log", xlabel="subgroup size $n$", ylabel=r"$\|\sum_j \hat A_j^2\|_2^{1/2}$",
-          title="size of the second-order moment")
+ax[1].set(xscale="log", yscale="log", xlabel="subgroup size $n$",
+          ylabel=r"$\|\sum_j \hat A_j^2\|_2^{1/2}$", title="size of the second-order moment")
 for a in ax:
     a.legend()
 fig.tight_layout()
@@ -119,17 +127,31 @@ slope_rows = loglog_slope(np.asarray(ns)[big], med["relu"]["row_space"][big])
 slope_relu_moment = loglog_slope(ns, med["relu"]["moment_norm"])
 slope_tanh_moment = loglog_slope(ns, med["tanh (odd)"]["moment_norm"])
 
+# %% [markdown]
+# The slides' Step 1 is a claim that can be tested: with a ReLU bottleneck the top-$k_1$ eigenvectors of the
+# Stein moment converge to the row space of $W_1$. At $n = 16\,000$ the median row-space error is about $0.08$;
+# we hold it to $0.15$, a factor two above what the estimator reaches (its noise falls like $n^{-1/2}$). The
+# negative controls in `tests/test_controls_ch1b.py` run the same check on an odd ($\tanh$) network, where the
+# proposition's hypothesis fails ($\E[\nabla^2 g] = 0$), and with $n = 200$ samples; both fail it.
+
 # %% tags=["nbval-check-output"]
-lb.claim("ReLU bottleneck: the Stein row-space error decays (log-log slope over n >= 4000, at most)",
+ctl = "test_controls_ch1b.py::test_stein_row_space_check_fails_"
+lb.claim("ReLU bottleneck: the Stein moment's top eigenvectors give the row space of W_1 "
+         "(median row-space error at the largest n)", med["relu"]["row_space"][-1], "<", 0.15,
+         kind="theorem", label="Zeng & Lee slides, transfer extension (Stein row space)",
+         control=(ctl + "for_an_odd_network", ctl + "with_too_few_samples"))
+lb.claim("the row-space error decays (log-log slope over n >= 4000, at most)",
          slope_rows, "<=", -0.3, kind="sanity")
-lb.claim("and no faster than n^(-0.85) (slope, at least)", slope_rows, ">=", -0.85, kind="sanity")
-lb.claim("the row-space error at the largest n", med["relu"]["row_space"][-1], "<", 0.25, kind="sanity")
-lb.claim("the linear control variate lowers the row-space error at the largest n (ratio with / without)",
-         med["relu"]["row_space"][-1] / med["relu, no control variate"]["row_space"][-1], "<", 1.0, kind="sanity")
-lb.claim("odd (tanh) network: the moment is noise, its size decays (log-log slope, at most)", slope_tanh_moment,
-         "<=", -0.3, kind="sanity")
-lb.claim("ReLU network: the moment's size does not decay (log-log slope, at least)", slope_relu_moment, ">",
-         -0.15, kind="sanity")
+lb.claim("and no faster than n^(-0.85) (slope, at least)", slope_rows, ">=", -0.85,
+         kind="sanity")
+lb.claim("the linear control variate lowers the row-space error at the largest n "
+         "(ratio with / without)",
+         med["relu"]["row_space"][-1] / med["relu, no control variate"]["row_space"][-1],
+         "<", 1.0, kind="sanity")
+lb.claim("odd (tanh) network: the moment is noise, its size decays (log-log slope, at most)",
+         slope_tanh_moment, "<=", -0.3, kind="sanity")
+lb.claim("ReLU network: the moment's size does not decay (log-log slope, at least)",
+         slope_relu_moment, ">", -0.15, kind="sanity")
 lb.claim("odd (tanh) network: the row space is not found (row-space error at the largest n)",
          med["tanh (odd)"]["row_space"][-1], ">", 0.8, kind="sanity")
 
@@ -173,18 +195,21 @@ lb.claim("odd (tanh) network: the row space is not found (row-space error at the
 # %%
 fig, ax = plotting.subplots(2, width=4.6)
 run = runs["relu"]
-curves = {"slides' estimate (Step 2 only)": ("slides", plotting.COLORS["other"]),
-          "completed (ours: + $k k_1$ least squares)": ("completed", plotting.COLORS["construction"]),
-          "gradient LoRA, same samples": ("lora", plotting.COLORS["lora"])}
+curves = {
+    "slides' estimate (Step 2 only)": ("slides", plotting.COLORS["other"]),
+    "completed (ours: + $k k_1$ least squares)": ("completed",
+                                                  plotting.COLORS["construction"]),
+    "gradient LoRA, same samples": ("lora", plotting.COLORS["lora"]),
+}
 for label, (key, color) in curves.items():
     plotting.band(ax[0], ns, run[key].T, label=label, color=color)
     plotting.band(ax[1], ns, run["pred_" + key].T, label=label, color=color)
 ax[0].axhline(np.median(run["plateau"]), linestyle="--", color=plotting.COLORS["theory"],
               label=r"$\|ZP\|_F/\|Z\|_F$ (median)")
-ax[0].set(xscale="log", yscale="log", xlabel="subgroup size $n$", ylabel=r"$\|\hat Z - Z\|_F / \|Z\|_F$",
-          title="error of the shift $Z$")
-ax[1].set(xscale="log", yscale="log", xlabel="subgroup size $n$", ylabel="relative prediction error",
-          title="error of the subgroup model")
+ax[0].set(xscale="log", yscale="log", xlabel="subgroup size $n$",
+          ylabel=r"$\|\hat Z - Z\|_F / \|Z\|_F$", title="error of the shift $Z$")
+ax[1].set(xscale="log", yscale="log", xlabel="subgroup size $n$",
+          ylabel="relative prediction error", title="error of the subgroup model")
 for a in ax:
     a.legend()
 fig.tight_layout()
@@ -194,19 +219,22 @@ plateau = float(np.median(run["plateau"]))
 slides_end, completed_end = med["relu"]["slides"][-1], med["relu"]["completed"][-1]
 
 # %% tags=["nbval-check-output"]
-lb.claim("with the exact row space, the slides' regression returns Z(I - VV^T) to rounding error (relative "
-         "deviation)", run["oracle_slides_gap"], "<=", 1e-10, kind="sanity")
-lb.claim("the slides' estimate does not converge to Z (its relative error at the largest n)", slides_end, ">",
-         0.5, kind="departure", label="Zeng & Lee slides, transfer extension (reduced-rank regression)")
-lb.claim("it stays at ||ZP||/||Z||, the part the regression cannot see (relative distance to it)",
-         abs(slides_end - plateau) / plateau, "<=", 0.1, kind="sanity")
-lb.claim("the completed estimate recovers Z (relative error at the largest n)", completed_end, "<", 0.2,
+lb.claim("with the exact row space, the slides' regression returns Z(I - VV^T) to rounding "
+         "error (relative deviation)", run["oracle_slides_gap"], "<=", 1e-10, kind="sanity")
+lb.claim("the slides' estimate does not converge to Z (its relative error at the largest n)",
+         slides_end, ">", 0.5, kind="departure",
+         label="Zeng & Lee slides, transfer extension (reduced-rank regression)")
+lb.claim("it stays at ||ZP||/||Z||, the part the regression cannot see "
+         "(relative distance to it)", abs(slides_end - plateau) / plateau, "<=", 0.01,
          kind="sanity")
+lb.claim("the completed estimate recovers Z (relative error at the largest n)",
+         completed_end, "<", 0.2, kind="sanity")
 lb.claim("and, with the exact row space, to within the noise (median relative error)",
          float(np.median(run["oracle"])), "<", 0.05, kind="sanity")
-lb.claim("gradient LoRA on the same samples is more accurate than the Stein transfer at every n (largest "
-         "ratio of median errors, LoRA / Stein)", float((med["relu"]["lora"] / med["relu"]["completed"]).max()),
-         "<", 1.0, kind="sanity")
+lb.claim("gradient LoRA on the same samples is more accurate than the Stein transfer at every "
+         "n (largest ratio of median errors, LoRA / Stein)",
+         float((med["relu"]["lora"] / med["relu"]["completed"]).max()), "<", 1.0,
+         kind="sanity")
 
 # %% [markdown]
 # The Stein step is the bottleneck. With the exact row space, the completion is as accurate as the noise allows
@@ -237,20 +265,26 @@ lb.claim("gradient LoRA on the same samples is more accurate than the Stein tran
 fig, ax = plotting.subplots(1, width=5.5)
 full = runs["k1 = d"]
 n_full = configs["k1 = d"]["ns"]
-plotting.band(ax, n_full, full["slides"].T, label=r"Stein transfer ($\hat Z = 0$)", color=plotting.COLORS["other"])
-plotting.band(ax, n_full, full["lora"].T, label="gradient LoRA, same samples", color=plotting.COLORS["lora"])
-ax.set(xscale="log", yscale="log", xlabel="subgroup size $n$", ylabel=r"$\|\hat Z - Z\|_F / \|Z\|_F$",
+plotting.band(ax, n_full, full["slides"].T, label=r"Stein transfer ($\hat Z = 0$)",
+              color=plotting.COLORS["other"])
+plotting.band(ax, n_full, full["lora"].T, label="gradient LoRA, same samples",
+              color=plotting.COLORS["lora"])
+ax.set(xscale="log", yscale="log", xlabel="subgroup size $n$",
+       ylabel=r"$\|\hat Z - Z\|_F / \|Z\|_F$",
        title="no bottleneck ($k_1 = d = 16$): the row space is everything")
 ax.legend(loc="center right")
 
 # %% tags=["nbval-check-output"]
-lb.claim("k1 = d: the Stein transfer returns Z = 0 at every n (an identity, P_perp = 0: largest |error - 1|)",
+lb.claim("k1 = d: the Stein transfer returns Z = 0 at every n "
+         "(an identity, P_perp = 0: largest |error - 1|)",
          float(np.abs(full["slides"] - 1).max()), "<=", 1e-10, kind="sanity")
-lb.claim("k1 = d: gradient LoRA still recovers Z from the same samples (median relative error at the largest n)",
+lb.claim("k1 = d: gradient LoRA still recovers Z from the same samples "
+         "(median relative error at the largest n)",
          float(np.median(full["lora"][-1])), "<", 0.2, kind="sanity")
 
 # %% [markdown]
 # **Scale notes.** `quick` uses 3 seeds and $n\in\{10^3, 4\cdot10^3, 1.6\cdot10^4\}$. `default` uses 6 seeds and six
 # sizes from $500$ to $16\,000$. `paper` uses 50 seeds, sizes up to $64\,000$, four learning rates and 5,000 Adam steps
-# for the baseline. The claims' thresholds (row-space error $< 0.25$, completed error $< 0.2$, slopes within
-# $[-0.85, -0.3]$) are ours.
+# for the baseline. The claims' thresholds (row-space error $< 0.15$, completed error $< 0.2$, slopes within
+# $[-0.85, -0.3]$, the slides' estimate within 1 % of $\|ZP\|_F/\|Z\|_F$) are ours, set a factor two to ten
+# above what `quick` and `default` reach.

@@ -121,7 +121,7 @@ lb.claim("and not below it "
 lrs = scale.pick(quick=[1e-2], default=[1e-2, 3e-3], paper=[1e-2, 3e-3, 1e-3])
 grad_ranks = scale.pick(quick=[4, 8], default=[4, 8, 16], paper=list(range(1, D + 1)))
 n_phases = scale.pick(quick=2, default=4, paper=10)
-steps = scale.pick(quick=40, default=240, paper=25000)
+steps = scale.pick(quick=40, default=480, paper=25000)
 batch = scale.pick(quick=16, default=16, paper=256)
 lr_factors = [10 ** (-2 * k / max(n_phases - 1, 1)) for k in range(n_phases)]
 configs = [dict(rank=int(R), lr=lr) for R in grad_ranks for lr in lrs]
@@ -173,7 +173,7 @@ ax[1].set(xscale="log", yscale="log", xlabel="Adam steps", ylabel="test MSE / fr
 ax[1].legend(fontsize=8)
 
 # %% [markdown]
-# What the gradient runs show is a statement about their budget (40 Adam steps of batch 16 at `quick`, 240 at
+# What the gradient runs show is a statement about their budget (40 Adam steps of batch 16 at `quick`, 480 at
 # `default`, 25,000 of batch 256 at `paper`), held to the same criterion as the construction: the fraction of runs
 # at $R \ge \lceil D/2\rceil$ below `EXACT_REL_MSE`, and whether the error was still falling in the last phase.
 

@@ -419,7 +419,8 @@ def tfn_construction(target: Sequence[dict], frozen: Sequence[dict], rank: int) 
     For each layer and head, :func:`linear_construction` with ``L = 2`` matches the products
     ``W_Kᵀ W_Q`` (frozen list ``[W_Q, W_Kᵀ]``) and ``W_O W_V`` (``[W_V, W_O]``) to the target's; the error of
     each product is ``σ_{2R+1}`` of its difference, hence zero once ``R ≥ ⌈D/2⌉``. The feed-forward blocks
-    must be equal in target and frozen model (our simplification; the paper also adapts them).
+    must be equal in target and frozen model (a special case; :func:`tfn_full_construction` handles the
+    paper's setting, where every weight differs).
 
     Returns the adapted layers (same dict format) with the extra keys ``dQ, dK, dV, dO``.
     """
@@ -713,7 +714,8 @@ def grid_configs(ranks: Sequence[int], lrs: Sequence[float], wds: Sequence[float
 # Transformer networks: random instances and batched gradient LoRA
 def random_tfn_instance(D: int, H: int, n_layers: int, generator: torch.Generator, *, ffn_bias_std: float = 0.1
                         ) -> tuple[list[dict], list[dict]]:
-    """A random target TFN and a frozen TFN with the same feed-forward blocks (float64, CPU draws).
+    """A random target TFN and a frozen TFN with the same feed-forward blocks (float64, CPU draws); see
+    :func:`random_tfn_pair` for a pair that differs in every weight.
 
     Attention weights ``N(0, 1/D)`` drawn independently for target and frozen model; feed-forward ``W1, W2``
     ``N(0, 1/D)``, biases ``N(0, ffn_bias_std²)``, shared. Returns ``(target, frozen)`` lists of layer dicts.

@@ -105,25 +105,3 @@ def test_partition_exactness_check_fails_one_rank_short():
     err, _, scale_f = _partition(8, 8)
     assert not evaluate(err / scale_f, ">", 1e-6).passed
 
-
-def _tfn_rel_err(R, D=8, seed=4):
-    g = torch.Generator().manual_seed(seed)
-    target, frozen = ex.random_tfn_instance(D, 2, 2, g)
-    X = torch.randn(200, 8, D, generator=g, dtype=torch.float64)
-    y = ex.tfn_forward(X, target)
-    zero = (ex.tfn_forward(X, frozen) - y).square().sum(-1).mean()
-    err = (ex.tfn_forward(X, ex.tfn_construction(target, frozen, R)) - y).square().sum(-1).mean()
-    return (err / zero).item()
-
-
-def test_tfn_checks_pass_on_the_pages_input():
-    assert evaluate(_tfn_rel_err(4), "<=", ex.EXACT_REL_MSE).passed
-    assert evaluate(_tfn_rel_err(3), ">", ex.EXACT_REL_MSE).passed
-
-
-def test_tfn_exactness_check_fails_one_rank_short():
-    assert not evaluate(_tfn_rel_err(3), "<=", ex.EXACT_REL_MSE).passed
-
-
-def test_tfn_below_threshold_check_fails_at_the_threshold():
-    assert not evaluate(_tfn_rel_err(4), ">", ex.EXACT_REL_MSE).passed

@@ -642,8 +642,11 @@ def minilm_head_cache(texts: list[str], *, layer: int = 5, max_length: int = 64,
     for i in tqdm(range(0, len(texts), batch_size), desc="MiniLM", disable=not progress, leave=False):
         idx = order[i:i + batch_size]
         b = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        hidden = model(**b, output_hidden_states=True).hidden_states[layer]
         mb = b["attention_mask"]
+        hidden = model.embeddings(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
+        for lower in model.encoder.layer[:layer]:                          # the layers above are not needed
+            out = lower(hidden, attention_mask=attention_bias(mb, hidden.dtype))
+            hidden = out[0] if isinstance(out, tuple) else out
         att = blk.attention(hidden, attention_mask=attention_bias(mb, hidden.dtype))[0]
         inter = blk.intermediate(att)
         keep = mb.bool()

@@ -65,7 +65,7 @@ print(lb.describe())
 K = 1
 Ns = scale.pick(quick=[4, 8], default=[8, 16, 32], paper=[16, 32, 64])
 k = scale.pick(quick=16, default=32, paper=384)             # subspace size (ours)
-n_test = scale.pick(quick=200, default=1_000, paper=2_000)  # paper: 2·384² gradients each, 4.7 GB
+n_test = scale.pick(quick=200, default=1_000, paper=2_000)  # paper: 2·384² gradients, 4.7 GB
 n_init = scale.pick(quick=3, default=5, paper=20)           # random initialisations per rank
 gd_steps = scale.pick(quick=2_500, default=4_000, paper=20_000)
 n_draws = scale.pick(quick=3, default=6, paper=20)          # frozen-factor draws per rank
@@ -119,8 +119,8 @@ def three_curves(prob, ranks, test_loss, *, label):
                                        generator=torch_gen, progress=f"frozen factor, {label}")
     gap = test_loss(ff_delta)
     below = (run.objective - opt.cert.dual) / abs(F_star)   # >= 0 by weak duality
-    return dict(lam=prob.lam, F_star=F_star, cert=opt.cert, block_ranks=block_ranks, trunc=trunc,
-                reached=reached, below_dual=float(below.min()),
+    return dict(lam=prob.lam, F_star=F_star, cert=opt.cert, block_ranks=block_ranks,
+                trunc=trunc, reached=reached, below_dual=float(below.min()),
                 gap=gap.numpy().reshape(len(ranks), n_draws).T, delta=opt.delta)
 
 
@@ -167,7 +167,8 @@ for N in Ns:
     res, c = results[N], colors[N]
     ax[0].plot([0] + ranks, np.maximum(res["trunc"], 1e-16), "o-", color=c, label=f"N = {N}")
     ax[1].plot(ranks, res["reached"], "o-", color=c, label=f"N = {N}")
-    plotting.mark_threshold(ax[1], ntk.rank_threshold(K, N), label=f"threshold, N = {N}", color=c)
+    plotting.mark_threshold(ax[1], ntk.rank_threshold(K, N), label=f"threshold, N = {N}",
+                            color=c)
     plotting.band(ax[2], ranks, res["gap"], label=f"N = {N}", color=c)
     ax[3].plot(ranks, bound[N], "o-", color=c, label=f"bound, N = {N}")
 ax[0].set(yscale="log", xlabel="LoRA rank $r$",
@@ -200,8 +201,10 @@ fig.tight_layout()
 for N in Ns:
     r_ = results[N]
     print(f"N = {N:3d}: λ = {r_['lam']:.3g}, F* = {r_['F_star']:.4g}, "
-          f"rel. duality gap {r_['cert'].rel_gap:.1e}, ranks of (δ_q, δ_v) = {r_['block_ranks']}, "
-          f"threshold {ntk.rank_threshold(K, N)}, reached {np.round(r_['reached'], 2).tolist()}, "
+          f"rel. duality gap {r_['cert'].rel_gap:.1e}, "
+          f"ranks of (δ_q, δ_v) = {r_['block_ranks']}, "
+          f"threshold {ntk.rank_threshold(K, N)}, "
+          f"reached {np.round(r_['reached'], 2).tolist()}, "
           f"median gap {np.round(np.median(r_['gap'], 0), 2).tolist()}, "
           f"bound ≥ {bound[N].min():.2f}, gap of the full-FT optimum {r_['full_gap']:.2f}")
 
@@ -212,7 +215,7 @@ def pataki_ratio(res, N, K):
 
 
 def reach_above_threshold(res, N, K):
-    """Smallest fraction of initialisations reaching F* over the tested ranks with r(r+1)/2 > KN."""
+    """Smallest fraction of starts reaching F* over the tested ranks with r(r+1)/2 > KN."""
     return float(res["reached"][ntk.rank_threshold(K, N) - 1:].min())
 
 
@@ -227,7 +230,8 @@ def reach_above_threshold(res, N, K):
 # %% tags=["nbval-check-output"]
 lb.claim("each full-fine-tuning optimum is certified (largest relative duality gap over N)",
          max(results[N]["cert"].rel_gap for N in Ns), "<", 1e-9, kind="sanity")
-lb.claim("the optimum's ranks obey Theorem 3.1: sum_p r_p(r_p+1)/2 <= KN (largest ratio over N)",
+lb.claim("the optimum's ranks obey Theorem 3.1: sum_p r_p(r_p+1)/2 <= KN "
+         "(largest ratio over N)",
          max(pataki_ratio(results[N], N, K) for N in Ns), "<=", 1.0, kind="theorem",
          label="Jang et al., Theorem 3.1",
          control="test_controls_ch4.py::test_pataki_check_fails_for_a_full_rank_update",
@@ -279,13 +283,15 @@ fig, ax = plotting.subplots(1, width=5.5, height=3.6)
 ax.plot(Ns_fine, [ntk.rank_threshold(K, int(n)) for n in Ns_fine], "--",
         color=plotting.COLORS["theory"],
         label=r"threshold: smallest $r$ with $r(r+1)/2 > KN$ (Thm 4.1)")
-ax.plot(Ns_fine, [ntk.pataki_rank(K, int(n)) for n in Ns_fine], ":", color=plotting.COLORS["full"],
+ax.plot(Ns_fine, [ntk.pataki_rank(K, int(n)) for n in Ns_fine], ":",
+        color=plotting.COLORS["full"],
         label=r"largest $r$ with $r(r+1)/2 \leq KN$ (Thm 3.1)")
 ax.plot(Ns, [rec[N]["r_expr"] for N in Ns], "s", color=plotting.COLORS["construction"],
         markersize=9, label=r"$r_{\mathrm{expr}}$ (measured)")
 ax.plot(Ns, [rec[N]["r_train"] for N in Ns], "^", color=plotting.COLORS["lora"], markersize=7,
         label=r"$r_{\mathrm{train}}$ (measured)")
-ax.plot(Ns, [rec[N]["r_rec"] for N in Ns], "o-", color="k", label=r"recommended $r_{\mathrm{rec}}$")
+ax.plot(Ns, [rec[N]["r_rec"] for N in Ns], "o-", color="k",
+        label=r"recommended $r_{\mathrm{rec}}$")
 ax.set(xscale="log", xlabel="training snippets $N$", ylabel="LoRA rank $r$",
        title="the rank the three papers suggest")
 ax.set_xticks(Ns, [str(N) for N in Ns])
@@ -301,6 +307,8 @@ fig.tight_layout()
 # guarantee: at `rank_threshold(K, N)` gradient descent is *certain* to find the optimum, and that costs
 # $O(\sqrt N)$ ranks. The paper's own choices (RoBERTa, $N = 32$, LoRA ranks up to 16) sit at or above this
 # guarantee; our measurement says that, for this task and this regularisation, far less suffices.
+# A task where the curves do decide — an optimum of higher rank — follows in
+# {ref}`rank-synthesis-higher`.
 
 # %% tags=["nbval-ignore-output"]
 for N in Ns:
@@ -337,11 +345,13 @@ Ns_s = scale.pick(quick=[8], default=[8, 16], paper=[8, 16, 32])
 n_test_s = 200
 syn = {}
 for N in Ns_s:
-    full = ntk.synthetic_problem(N + n_test_s, K_s, mn, mn, 0.0, generator=torch_gen, loss="mse")
+    full = ntk.synthetic_problem(N + n_test_s, K_s, mn, mn, 0.0, generator=torch_gen,
+                                 loss="mse")
+    part = lambda sl, lam: ntk.LinearisedProblem(full.G[sl], full.f0[sl], full.y[sl], lam,
+                                                 "mse")
     tr, te = slice(0, N), slice(N, N + n_test_s)
-    p0 = ntk.LinearisedProblem(full.G[tr], full.f0[tr], full.y[tr], 0.0, "mse")
-    prob = ntk.LinearisedProblem(full.G[tr], full.f0[tr], full.y[tr], LAM_S * p0.lambda_max(), "mse")
-    test_s = ntk.LinearisedProblem(full.G[te], full.f0[te], full.y[te], 0.0, "mse")
+    prob = part(tr, LAM_S * part(tr, 0.0).lambda_max())
+    test_s = part(te, 0.0)
 
     def mse_gap(delta, prob=prob, test_s=test_s):
         err = lambda p, d: (p.outputs(d) - p.y).square().sum(-1).mean(-1)
@@ -388,26 +398,28 @@ for N in Ns_s:
           f"recommended r = {c_['r_rec']}, median gap there {c_['gap_rec']:.3f}")
 
 # %% [markdown]
-# *What to see* (`default`): the certified optimum has rank 3 at $N = 8$ and rank 5 at $N = 16$, so the
-# expressivity curve now falls below the tolerance only at that rank; gradient descent reaches the optimum from
-# every start from about the same rank on (below it the adapter cannot express $\delta^\star$, so no start can
-# reach $F^\star$); and the recommendation is the optimum's rank, $r_{\text{rec}} = 3$ and $5$, growing with
-# $N$ but staying well below `rank_threshold(3, N)` (7 and 10). The frozen-factor gap grows with the rank, which
-# is why nothing above $r_{\text{rec}}$ is worth its cost. The checks: the certificate and the recommendation
-# are computations of ours (sanity), the reach above the threshold is Theorem 4.1 again. The claim that the
-# recommended rank exceeds 1 can fail: on the MiniLM task above it would.
+# *What to see* (`default`): the certified optimum has rank 3 at $N = 8$ and rank 4 at $N = 16$ (relative
+# duality gaps about $10^{-10}$), so the expressivity curve falls below the tolerance only at that rank. Gradient
+# descent reaches $F^\star$ (within a relative gap of $10^{-3}$) from every start from rank 3 on, and from none at
+# ranks 1 and 2, which cannot express the optimum. The recommendation is $r_{\text{rec}} = 3$ at $N = 8$ and
+# $4$ at $N = 16$: it moves with $N$, as the optimum's rank does, but stays well below
+# `rank_threshold(3, N)` (7 and 10), the rank at which Theorem 4.1 *guarantees* success. The checks: the
+# certificate and the recommendation are computations of ours (sanity), the reach above the threshold is
+# Theorem 4.1 again. The check that the recommended rank is at least 3 can fail: on the MiniLM task above
+# it would (rank 1).
 
 # %% tags=["nbval-check-output"]
 lb.claim("synthetic task: each optimum is certified (largest relative duality gap over N)",
          max(syn[N]["cert"].rel_gap for N in Ns_s), "<", 1e-9, kind="sanity")
-lb.claim("synthetic task: every initialisation with r(r+1)/2 > KN reaches the certified optimum "
-         "(smallest fraction over N and ranks)",
+lb.claim("synthetic task: every initialisation with r(r+1)/2 > KN reaches the certified "
+         "optimum (smallest fraction over N and ranks)",
          min(reach_above_threshold(syn[N], N, K_s) for N in Ns_s), ">=", 1.0, kind="theorem",
          label="Jang et al., Theorem 4.1",
          control="test_controls_ch4.py::test_reach_check_fails_below_the_threshold")
-lb.claim("synthetic task: the recommended rank is above 1 at every N (smallest over N)",
+lb.claim("synthetic task: the recommended rank is at least 3 at every N (smallest over N)",
          min(syn[N]["rec"]["r_rec"] for N in Ns_s), ">=", 3, kind="sanity",
          rec=str({N: syn[N]["rec"]["r_rec"] for N in Ns_s}))
-lb.claim("synthetic task: the recommended rank is the optimum's rank (largest difference over N)",
-         max(abs(syn[N]["rec"]["r_rec"] - max(syn[N]["block_ranks"])) for N in Ns_s), "<=", 0,
+lb.claim("synthetic task: the recommended rank stays below rank_threshold(K, N) "
+         "(largest difference over N)",
+         max(syn[N]["rec"]["r_rec"] - ntk.rank_threshold(K_s, N) for N in Ns_s), "<", 0,
          kind="sanity")

@@ -17,9 +17,10 @@ from lorabook import bounds as bd
 
 
 def timed(fn):
-    t = time.perf_counter()
+    """Run ``fn``; return its CPU time (process time: load-independent on a shared machine), wall time and result."""
+    c, t = time.process_time(), time.perf_counter()
     out = fn()
-    return time.perf_counter() - t, out
+    return (time.process_time() - c, time.perf_counter() - t), out
 
 
 def main() -> None:
@@ -73,9 +74,9 @@ def main() -> None:
         t, _ = timed(lambda: bd.minilm_asymmetry_run(cfg))
         rows.append(("MiniLM asymmetry, one seed", t, f"{len(cfg['configs'])} adapters, {cfg['steps']} steps"))
     print(f"\nscale={scale.name} · {lb.describe().split(' · ', 1)[1]}\n")
-    print("| step | seconds | notes |\n|---|---:|---|")
-    for name, t, note in rows:
-        print(f"| {name} | {t:.2f} | {note} |")
+    print("| step | CPU (s) | wall (s) | notes |\n|---|---:|---:|---|")
+    for name, (cpu, wall), note in rows:
+        print(f"| {name} | {cpu:.2f} | {wall:.2f} | {note} |")
 
 
 if __name__ == "__main__":

@@ -270,6 +270,27 @@ def test_minilm_head_matches_loralinear():
         bd.minilm_head_logits(cache, f["A"], f["B"], f["rank_mask"][:, :2])
 
 
+def test_head_logits_group_matches_reference():
+    """The grouped head (no (n_tok, 384) outputs) equals the direct LayerNorm-and-pool path, values and
+    gradients, for several adapters of different ranks at once."""
+    from lorabook.data import label_directions
+
+    texts = ["a wonderful, moving film", "dull and far too long", "ok", "not bad at all, really"]
+    cache = bd.minilm_head_cache(texts)
+    d = label_directions()
+    g = torch.Generator().manual_seed(1)
+    Ps = [(cache["h"] @ torch.randn(1536, r, generator=g, dtype=torch.float32) / 40).requires_grad_(True) for r in (1, 3)]
+    Bs = [(0.3 * torch.randn(384, r, generator=g, dtype=torch.float32)).requires_grad_(True) for r in (1, 3)]
+    new = bd._head_logits_group(cache, Ps, Bs, d)
+    grads = torch.autograd.grad(new.square().sum(), Ps + Bs)
+    ref = torch.stack([bd._head_logits_from_proj(cache, p[None], b[None], d)[0] for p, b in zip(Ps, Bs)])
+    ref_grads = torch.autograd.grad(ref.square().sum(), Ps + Bs)
+    assert new.shape == (2, 4)
+    assert torch.allclose(new, ref, atol=1e-4)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
+
+
 def test_output_witness():
     g = torch.Generator().manual_seed(0)
     mlp = bd.make_mlp(1, 8, 2, 1, generator=g, bias=False)

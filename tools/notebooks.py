@@ -31,7 +31,6 @@ WIDTH_PENDING = {
     "chapters/02_ntk_landscape/02_low_rank_solutions.py",
     "chapters/02_ntk_landscape/03_no_spurious_minima.py",
     "chapters/02_ntk_landscape/04_minilm.py",
-    "chapters/04_choosing_a_rank/01_three_curves.py",
 }
 
 

@@ -142,7 +142,7 @@ fig.tight_layout()
 
 # %% [markdown]
 # What to see (left; `default` scale). The lower estimate of $\mathbf G$ decays like $N^{-1/2}$ (local
-# slopes between $-0.39$ and $-0.68$ from $N = 16$ to $1024$), and so does the gap of the $A = 0$ member
+# slopes between $-0.38$ and $-0.70$ from $N = 16$ to $1024$), and so does the gap of the $A = 0$ member
 # alone (fitted exponent $-0.51$, interval $[-0.56, -0.46]$): in this very task the rate $N^{-1/2}$ is
 # *attained*, by the class and even by one fixed function of it. The trained run's mean gap falls faster,
 # with local slopes from $-0.43$ at few-shot $N$ to about $-1$ for $N \ge 128$. The two are different
@@ -155,7 +155,7 @@ fig.tight_layout()
 # $N = 1024$); it does not approach 0.
 #
 # (Right) The trained gap grows with $r$ at $N = 128$, with local slopes that change along the curve
-# ($+0.54$, $+1.00$, $+0.69$, $+0.07$ between $r = 1, 2, 4, 8, 12$) rather than one exponent; Theorem 1's $\sqrt r$ is a worst case and says nothing about a
+# ($+0.54$, $+1.01$, $+0.68$, $+0.06$ between $r = 1, 2, 4, 8, 12$) rather than one exponent; Theorem 1's $\sqrt r$ is a worst case and says nothing about a
 # typical curve.
 #
 # The theorem check: if $\mathbf G \le C/\sqrt N$, every lower estimate satisfies

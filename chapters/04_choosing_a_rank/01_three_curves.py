@@ -64,20 +64,20 @@ print(lb.describe())
 # %%
 K = 1
 Ns = scale.pick(quick=[4, 8], default=[8, 16, 32], paper=[16, 32, 64])
-k = scale.pick(quick=16, default=32, paper=384)                       # subspace size (ours)
-n_test = scale.pick(quick=200, default=1_000, paper=2_000)  # paper: 2·384² gradients each, 4.7 GB
-n_init = scale.pick(quick=3, default=5, paper=20)                     # random initialisations per rank
+k = scale.pick(quick=16, default=32, paper=384)             # subspace size (ours)
+n_test = scale.pick(quick=200, default=1_000, paper=2_000)  # paper: 2·384² gradients, 4.7 GB
+n_init = scale.pick(quick=3, default=5, paper=20)           # random initialisations per rank
 gd_steps = scale.pick(quick=2_500, default=4_000, paper=20_000)
-n_draws = scale.pick(quick=3, default=6, paper=20)                    # frozen-factor draws per rank
+n_draws = scale.pick(quick=3, default=6, paper=20)          # frozen-factor draws per rank
 ff_steps = scale.pick(quick=300, default=600, paper=2_000)
-GAP_TOL = scale.pick(quick=1e-3, default=1e-3, paper=1e-5)             # "reached the optimum" (ours)
-EXPR_TOL = 1e-3                                                        # "expresses the optimum" (ours)
+GAP_TOL = scale.pick(quick=1e-3, default=1e-3, paper=1e-5)  # "reached the optimum" (ours)
+EXPR_TOL = 1e-3                                             # "expresses the optimum" (ours)
 LAM_FRAC, INIT_STD = 0.3, 0.02
 r_max = ntk.rank_threshold(K, max(Ns)) + 1
 ranks = list(range(1, r_max + 1))
 torch_gen, _ = lb.seed_everything(0)
 
-# one split; the training set of size N is the first N/2 fresh and first N/2 rotten snippets of the largest one
+# one split; the training set of size N is the first N/2 fresh and first N/2 rotten snippets
 split = data.rotten_tomatoes_split(max(Ns) // 2, n_test, seed=0)
 h_tr, m_tr = data.hidden_before_layer(split["train_texts"], 5, progress="MiniLM (train)")
 h_te, m_te = data.hidden_before_layer(split["test_texts"], 5, progress="MiniLM (test)")
@@ -101,6 +101,29 @@ def zero_one(outputs, y):
     return ((outputs[..., 0] > 0).to(y.dtype) != y).to(torch.float64)
 
 
+def three_curves(prob, ranks, test_loss, *, label):
+    """Certified optimum, LoRA GD from n_init starts per rank, frozen-factor fits (n_draws per
+    rank) on one linearised problem; test_loss(outputs_of_train, outputs_of_test_deltas)."""
+    opt = ntk.proximal_gradient(prob, 50_000, tol=1e-10)
+    F_star = opt.cert.primal
+    block_ranks = [lb.numerical_rank(d, rtol=1e-6) if d.norm() > 0 else 0 for d in opt.delta]
+    trunc = rc.truncation_error(opt.delta, [0] + ranks)
+    # trainability: plain GD, step size from the curvature at the optimum's scale (ours)
+    lr = 1.8 / (prob.lipschitz() * (1 + 2 * float(prob.nuclear(opt.delta))))
+    B0, A0, rk = ntk.lora_init(prob.shape, ranks, n_init, init_std=INIT_STD, zero_B=False,
+                               generator=torch_gen)
+    run = ntk.lora_gd(prob, B0, A0, rk, gd_steps, lr, progress=f"LoRA GD, {label}")
+    reached = rc.reach_fraction(run.objective, F_star, GAP_TOL, len(ranks))
+    # generalisation: frozen random B, trained A
+    ff_delta, _ = rc.frozen_factor_fit(prob, ranks, n_draws, steps=ff_steps, lr=0.05,
+                                       generator=torch_gen, progress=f"frozen factor, {label}")
+    gap = test_loss(ff_delta)
+    below = (run.objective - opt.cert.dual) / abs(F_star)   # >= 0 by weak duality
+    return dict(lam=prob.lam, F_star=F_star, cert=opt.cert, block_ranks=block_ranks,
+                trunc=trunc, reached=reached, below_dual=float(below.min()),
+                gap=gap.numpy().reshape(len(ranks), n_draws).T, delta=opt.delta)
+
+
 # %% [markdown]
 # For every $N$: the certified optimum, LoRA gradient descent from `n_init` random initialisations per rank (both
 # factors Gaussian with standard deviation 0.02, batched over ranks × initialisations), and the frozen-factor fits
@@ -110,39 +133,32 @@ def zero_one(outputs, y):
 results = {}
 for N in Ns:
     idx = subset(N)
-    lam = LAM_FRAC * ntk.LinearisedProblem(G_tr[idx], f0_tr[idx], y_tr[idx], 0.0, "logistic").lambda_max()
-    prob = ntk.LinearisedProblem(G_tr[idx], f0_tr[idx], y_tr[idx], lam, "logistic")
-    opt = ntk.proximal_gradient(prob, 50_000, tol=1e-10)
-    F_star = opt.cert.primal
-    block_ranks = [lb.numerical_rank(d, rtol=1e-6) if d.norm() > 0 else 0 for d in opt.delta]
-    trunc = rc.truncation_error(opt.delta, [0] + ranks)
-    # trainability: plain GD, step size from the curvature at the optimum's scale (ours)
-    lr = 1.8 / (prob.lipschitz() * (1 + 2 * float(prob.nuclear(opt.delta))))
-    B0, A0, rk = ntk.lora_init(prob.shape, ranks, n_init, init_std=INIT_STD, zero_B=False, generator=torch_gen)
-    run = ntk.lora_gd(prob, B0, A0, rk, gd_steps, lr, progress=f"LoRA GD, N = {N}")
-    reached = rc.reach_fraction(run.objective, F_star, GAP_TOL, len(ranks))
-    # generalisation: frozen random B, trained A
-    ff_delta, _ = rc.frozen_factor_fit(prob, ranks, n_draws, steps=ff_steps, lr=0.05, generator=torch_gen,
-                                       progress=f"frozen factor, N = {N}")
-    gap, se = bounds.gap_estimate(zero_one(prob.outputs(ff_delta), prob.y[:, 0]),
-                                  zero_one(test.outputs(ff_delta), y_te))
-    full_gap = float(zero_one(test.outputs(opt.delta), y_te).mean()
-                     - zero_one(prob.outputs(opt.delta), prob.y[:, 0]).mean())
-    results[N] = dict(lam=lam, F_star=F_star, cert=opt.cert, block_ranks=block_ranks, trunc=trunc, reached=reached,
-                      below_dual=bool((run.objective >= opt.cert.dual - 1e-9 * abs(F_star)).all()),
-                      gap=gap.numpy().reshape(len(ranks), n_draws).T, se=se.numpy().reshape(len(ranks), n_draws).T,
-                      full_gap=full_gap)
+    p0 = ntk.LinearisedProblem(G_tr[idx], f0_tr[idx], y_tr[idx], 0.0, "logistic")
+    prob = ntk.LinearisedProblem(G_tr[idx], f0_tr[idx], y_tr[idx], LAM_FRAC * p0.lambda_max(),
+                                 "logistic")
+
+    def test_gap(delta, prob=prob):
+        gap, _ = bounds.gap_estimate(zero_one(prob.outputs(delta), prob.y[:, 0]),
+                                     zero_one(test.outputs(delta), y_te))
+        return gap
+
+    results[N] = three_curves(prob, ranks, test_gap, label=f"N = {N}")
+    results[N]["full_gap"] = float(test_gap(results[N]["delta"][None])[0])
 
 # %% [markdown]
 # Kratsios et al.'s Theorem 1 for the frozen-factor adapter, with the paper's network read as one hidden layer of
 # width $k$ ($T = 1$, $W = d = k$, $D = 1$), $\nu = 1/\sqrt k$ (our factor's law), $M = 1$,
-# $\theta_{\text{pre}}$ the pretrained query/value entries, $\delta = \varepsilon = 0.05$ and $c = 1$ (the paper
-# leaves $c$ unspecified). These identifications are ours; the point is the order of magnitude.
+# $\theta_{\text{pre}}$ the pretrained query/value entries, $\delta = 0.05$ (and, as the proof requires,
+# $\varepsilon = 1 - \sqrt{1-\delta}$) and $c = 1$ (the paper leaves $c$ unspecified). These identifications
+# are ours; the point is the order of magnitude.
 
 # %%
 theta_pre = max(float(head.get_parameter(n).abs().max()) for n in ntk.QV_NAMES)
-bound = {N: np.array([bounds.kratsios_upper_bound(r=r, N=N, delta=0.05, T=1, W=k, d=k, D=1, M=1.0, nu=k ** -0.5,
-                                                  eps=0.05, theta_pre_inf=theta_pre) for r in ranks]) for N in Ns}
+net = dict(T=1, W=k, d=k, D=1, M=1.0, nu=k**-0.5, theta_pre_inf=theta_pre)
+bound = {
+    N: np.array([bounds.kratsios_upper_bound(r=r, N=N, delta=0.05, **net) for r in ranks])
+    for N in Ns
+}
 
 # %%
 colors = dict(zip(Ns, [plotting.COLORS[c] for c in ("lora", "full", "construction", "other")]))
@@ -151,20 +167,25 @@ for N in Ns:
     res, c = results[N], colors[N]
     ax[0].plot([0] + ranks, np.maximum(res["trunc"], 1e-16), "o-", color=c, label=f"N = {N}")
     ax[1].plot(ranks, res["reached"], "o-", color=c, label=f"N = {N}")
-    plotting.mark_threshold(ax[1], ntk.rank_threshold(K, N), label=f"threshold, N = {N}", color=c)
+    plotting.mark_threshold(ax[1], ntk.rank_threshold(K, N), label=f"threshold, N = {N}",
+                            color=c)
     plotting.band(ax[2], ranks, res["gap"], label=f"N = {N}", color=c)
     ax[3].plot(ranks, bound[N], "o-", color=c, label=f"bound, N = {N}")
 ax[0].set(yscale="log", xlabel="LoRA rank $r$",
           ylabel=r"$\|\delta^\star-\mathrm{LR}_r(\delta^\star)\|_F/\|\delta^\star\|_F$",
           title="expressivity")
 ax[0].axhline(EXPR_TOL, color=plotting.COLORS["theory"], linestyle=":", label="tolerance")
-ax[1].set(xlabel="LoRA rank $r$", ylabel="fraction reaching $F^\\star$", title="trainability", ylim=(-0.05, 1.05))
-ax[2].set(xlabel="LoRA rank $r$", ylabel="test − train 0–1 loss", title="generalisation gap (frozen random B)")
-ax[3].set(yscale="log", xlabel="LoRA rank $r$", ylabel="bound on the gap", title="Kratsios et al. bound")
+ax[1].set(xlabel="LoRA rank $r$", ylabel="fraction reaching $F^\\star$", title="trainability",
+          ylim=(-0.05, 1.05))
+ax[2].set(xlabel="LoRA rank $r$", ylabel="test − train 0–1 loss",
+          title="generalisation gap (frozen random B)")
+ax[3].set(yscale="log", xlabel="LoRA rank $r$", ylabel="bound on the gap",
+          title="Kratsios et al. bound")
 ax[3].axhline(1.0, color=plotting.COLORS["theory"], linestyle="--", label="vacuous above 1")
 for a in ax:
     a.legend(fontsize=6)
-fig.suptitle(f"MiniLM on Rotten Tomatoes, linearised query/value ({k}×{k} subspace), λ = {LAM_FRAC}·λ_max")
+fig.suptitle(f"MiniLM on Rotten Tomatoes, linearised query/value ({k}×{k} subspace), "
+             f"λ = {LAM_FRAC}·λ_max")
 fig.tight_layout()
 
 # %% [markdown]
@@ -179,31 +200,61 @@ fig.tight_layout()
 # %% tags=["nbval-ignore-output"]
 for N in Ns:
     r_ = results[N]
-    print(f"N = {N:3d}: λ = {r_['lam']:.3g}, F* = {r_['F_star']:.4g}, rel. duality gap {r_['cert'].rel_gap:.1e}, "
-          f"ranks of (δ_q, δ_v) = {r_['block_ranks']}, threshold {ntk.rank_threshold(K, N)}, "
-          f"reached {np.round(r_['reached'], 2).tolist()}, median gap {np.round(np.median(r_['gap'], 0), 2).tolist()}, "
+    print(f"N = {N:3d}: λ = {r_['lam']:.3g}, F* = {r_['F_star']:.4g}, "
+          f"rel. duality gap {r_['cert'].rel_gap:.1e}, "
+          f"ranks of (δ_q, δ_v) = {r_['block_ranks']}, "
+          f"threshold {ntk.rank_threshold(K, N)}, "
+          f"reached {np.round(r_['reached'], 2).tolist()}, "
+          f"median gap {np.round(np.median(r_['gap'], 0), 2).tolist()}, "
           f"bound ≥ {bound[N].min():.2f}, gap of the full-FT optimum {r_['full_gap']:.2f}")
 
+
+def pataki_ratio(res, N, K):
+    """sum_p r_p(r_p+1)/2 of the optimum's blocks over KN (Theorem 3.1: <= 1)."""
+    return sum(r * (r + 1) // 2 for r in res["block_ranks"]) / (K * N)
+
+
+def reach_above_threshold(res, N, K):
+    """Smallest fraction of starts reaching F* over the tested ranks with r(r+1)/2 > KN."""
+    return float(res["reached"][ntk.rank_threshold(K, N) - 1:].min())
+
+
+# %% [markdown]
+# The checks. The solver's certificate, weak duality and the truncation identity are checks of our own code
+# (sanity); the relative duality gaps reached are $10^{-11}$ or smaller, so the limit $10^{-9}$ that defines
+# "certified" has two orders to spare. The optimum comes out of singular-value thresholding, whose discarded
+# singular values are exactly zero, so the truncation error at its numerical rank is rounding alone (about
+# $10^{-16}$ measured); we test it against $10^{-12}$. Theorem 3.1 and Theorem 4.1 of Jang et al. are tested as theorems, with negative controls that feed
+# the same checks a full-rank update and a rank below the threshold.
+
 # %% tags=["nbval-check-output"]
-lb.claim("each full-fine-tuning optimum is certified (relative duality gap below 1e-9)",
-         all(results[N]["cert"].rel_gap < 1e-9 for N in Ns), gaps=[results[N]["cert"].rel_gap for N in Ns])
-lb.claim("the optimum's ranks obey Theorem 3.1: sum_p r_p(r_p+1)/2 <= KN",
-         all(sum(r * (r + 1) // 2 for r in results[N]["block_ranks"]) <= K * N for N in Ns),
-         ranks={N: results[N]["block_ranks"] for N in Ns})
-lb.claim("the best rank-r adapters express the optimum once r >= max_p rank(delta*_p)",
-         all(results[N]["trunc"][max(results[N]["block_ranks"])] < EXPR_TOL for N in Ns))
-lb.claim("every initialisation with r(r+1)/2 > KN reaches the certified optimum",
-         all((results[N]["reached"][ntk.rank_threshold(K, N) - 1:] == 1).all() for N in Ns),
-         reached={N: results[N]["reached"].tolist() for N in Ns})
-lb.claim("no LoRA run goes below the certified optimum (the dual bound holds)",
-         all(results[N]["below_dual"] for N in Ns))
+lb.claim("each full-fine-tuning optimum is certified (largest relative duality gap over N)",
+         max(results[N]["cert"].rel_gap for N in Ns), "<", 1e-9, kind="sanity")
+lb.claim("the optimum's ranks obey Theorem 3.1: sum_p r_p(r_p+1)/2 <= KN "
+         "(largest ratio over N)",
+         max(pataki_ratio(results[N], N, K) for N in Ns), "<=", 1.0, kind="theorem",
+         label="Jang et al., Theorem 3.1",
+         control="test_controls_ch4.py::test_pataki_check_fails_for_a_full_rank_update",
+         ranks=str({N: results[N]["block_ranks"] for N in Ns}))
+lb.claim("the best rank-r adapters express the optimum once r >= max_p rank(delta*_p) "
+         "(largest truncation error there)",
+         max(results[N]["trunc"][max(results[N]["block_ranks"])] for N in Ns), "<=", 1e-12,
+         kind="sanity")
+lb.claim("every initialisation with r(r+1)/2 > KN reaches the certified optimum "
+         "(smallest fraction over N and ranks)",
+         min(reach_above_threshold(results[N], N, K) for N in Ns), ">=", 1.0, kind="theorem",
+         label="Jang et al., Theorem 4.1",
+         control="test_controls_ch4.py::test_reach_check_fails_below_the_threshold")
+lb.claim("no LoRA run goes below the certified dual bound (smallest relative excess over it)",
+         min(results[N]["below_dual"] for N in Ns), ">=", -1e-9, kind="sanity")
+min_bound = min(bound[N].min() for N in Ns)
 lb.claim("the Kratsios et al. bound is vacuous (above 1) at every N and rank tested",
-         all((bound[N] > 1).all() for N in Ns), min_bound=min(bound[N].min() for N in Ns))
+         min_bound, ">", 1.0, kind="sanity")
 lb.claim("every measured frozen-factor gap lies below the bound",
-         all((results[N]["gap"] < bound[N][None]).all() for N in Ns))
+         max(results[N]["gap"].max() for N in Ns), "<", min_bound, kind="sanity")
 widen = np.mean([results[N]["gap"][:, -1].mean() - results[N]["gap"][:, 0].mean() for N in Ns])
-lb.claim("the frozen-factor gap is wider at the largest tested rank than at rank one (mean over N and draws)",
-         bool(widen > 0), widening=widen)
+lb.claim("the frozen-factor gap is wider at the largest tested rank than at rank one "
+         "(mean over N and draws)", widen, ">", 0.0, kind="sanity")
 
 # %% [markdown]
 # (rank-recommendation)=
@@ -222,20 +273,27 @@ lb.claim("the frozen-factor gap is wider at the largest tested rank than at rank
 # The recommendation is computed from the measured curves (`lorabook.rank_choice.recommend_rank`), for each $N$.
 
 # %%
-rec = {N: rc.recommend_rank(ranks, results[N]["trunc"][1:], results[N]["reached"], np.median(results[N]["gap"], 0),
-                            expr_tol=EXPR_TOL) for N in Ns}
+rec = {
+    N: rc.recommend_rank(ranks, results[N]["trunc"][1:], results[N]["reached"],
+                         np.median(results[N]["gap"], 0), expr_tol=EXPR_TOL)
+    for N in Ns
+}
 Ns_fine = np.arange(1, max(Ns) + 1)
 fig, ax = plotting.subplots(1, width=5.5, height=3.6)
-ax.plot(Ns_fine, [ntk.rank_threshold(K, int(n)) for n in Ns_fine], "--", color=plotting.COLORS["theory"],
+ax.plot(Ns_fine, [ntk.rank_threshold(K, int(n)) for n in Ns_fine], "--",
+        color=plotting.COLORS["theory"],
         label=r"threshold: smallest $r$ with $r(r+1)/2 > KN$ (Thm 4.1)")
-ax.plot(Ns_fine, [ntk.pataki_rank(K, int(n)) for n in Ns_fine], ":", color=plotting.COLORS["full"],
+ax.plot(Ns_fine, [ntk.pataki_rank(K, int(n)) for n in Ns_fine], ":",
+        color=plotting.COLORS["full"],
         label=r"largest $r$ with $r(r+1)/2 \leq KN$ (Thm 3.1)")
-ax.plot(Ns, [rec[N]["r_expr"] for N in Ns], "s", color=plotting.COLORS["construction"], markersize=9,
-        label=r"$r_{\mathrm{expr}}$ (measured)")
+ax.plot(Ns, [rec[N]["r_expr"] for N in Ns], "s", color=plotting.COLORS["construction"],
+        markersize=9, label=r"$r_{\mathrm{expr}}$ (measured)")
 ax.plot(Ns, [rec[N]["r_train"] for N in Ns], "^", color=plotting.COLORS["lora"], markersize=7,
         label=r"$r_{\mathrm{train}}$ (measured)")
-ax.plot(Ns, [rec[N]["r_rec"] for N in Ns], "o-", color="k", label=r"recommended $r_{\mathrm{rec}}$")
-ax.set(xscale="log", xlabel="training snippets $N$", ylabel="LoRA rank $r$", title="the rank the three papers suggest")
+ax.plot(Ns, [rec[N]["r_rec"] for N in Ns], "o-", color="k",
+        label=r"recommended $r_{\mathrm{rec}}$")
+ax.set(xscale="log", xlabel="training snippets $N$", ylabel="LoRA rank $r$",
+       title="the rank the three papers suggest")
 ax.set_xticks(Ns, [str(N) for N in Ns])
 ax.legend(fontsize=7)
 fig.tight_layout()
@@ -249,17 +307,119 @@ fig.tight_layout()
 # guarantee: at `rank_threshold(K, N)` gradient descent is *certain* to find the optimum, and that costs
 # $O(\sqrt N)$ ranks. The paper's own choices (RoBERTa, $N = 32$, LoRA ranks up to 16) sit at or above this
 # guarantee; our measurement says that, for this task and this regularisation, far less suffices.
+# A task where the curves do decide — an optimum of higher rank — follows in
+# {ref}`rank-synthesis-higher`.
 
 # %% tags=["nbval-ignore-output"]
 for N in Ns:
-    print(f"N = {N:3d}: r_expr = {rec[N]['r_expr']}, r_train = {rec[N]['r_train']}, recommended r = {rec[N]['r_rec']}, "
-          f"threshold = {ntk.rank_threshold(K, N)}, median frozen-factor gap there = {rec[N]['gap_rec']:.2f}")
+    print(f"N = {N:3d}: r_expr = {rec[N]['r_expr']}, r_train = {rec[N]['r_train']}, "
+          f"recommended r = {rec[N]['r_rec']}, threshold = {ntk.rank_threshold(K, N)}, "
+          f"median frozen-factor gap there = {rec[N]['gap_rec']:.2f}")
 
 # %% tags=["nbval-check-output"]
-lb.claim("the recommended rank never exceeds rank_threshold(K, N)",
-         all(rec[N]["r_rec"] <= ntk.rank_threshold(K, N) for N in Ns), rec={N: rec[N]["r_rec"] for N in Ns})
-lb.claim("the recommended rank does not decrease as N grows",
-         all(rec[a]["r_rec"] <= rec[b]["r_rec"] for a, b in zip(Ns, Ns[1:])), rec={N: rec[N]["r_rec"] for N in Ns})
-lb.claim("the expressive rank is far below Theorem 3.1's worst case at the largest N",
-         rec[max(Ns)]["r_expr"] < ntk.pataki_rank(K, max(Ns)),
-         r_expr=rec[max(Ns)]["r_expr"], pataki=ntk.pataki_rank(K, max(Ns)))
+lb.claim("the recommended rank never exceeds rank_threshold(K, N) (largest difference over N)",
+         max(rec[N]["r_rec"] - ntk.rank_threshold(K, N) for N in Ns), "<=", 0, kind="sanity",
+         rec=str({N: rec[N]["r_rec"] for N in Ns}))
+lb.claim("the recommended rank does not decrease as N grows (smallest step)",
+         min(rec[b]["r_rec"] - rec[a]["r_rec"] for a, b in zip(Ns, Ns[1:])), ">=", 0,
+         kind="sanity")
+lb.claim("the expressive rank is below Theorem 3.1's worst case at the largest N",
+         rec[max(Ns)]["r_expr"], "<", ntk.pataki_rank(K, max(Ns)), kind="sanity")
+
+# %% [markdown]
+# (rank-synthesis-higher)=
+# ## A task whose optimum has a higher rank
+#
+# On the MiniLM task the recommendation is rank one at every $N$, so it cannot show the curves deciding
+# anything. Lowering $\lambda$ there does not help within our budget: at $\lambda = 0.03\,\lambda_{\max}$ the
+# optimum has rank two and proximal gradient no longer certifies it within 50,000 steps. We therefore repeat the
+# synthesis on a synthetic linearised problem ({py:func}`lorabook.ntk.synthetic_problem`) with **three outputs**
+# ($K = 3$), the squared loss, a $16\times16$ weight, targets from a rank-two teacher plus noise, and a weaker
+# regularisation $\lambda = 0.1\,\lambda_{\max}$: the noise then pulls the optimum's rank well above the
+# teacher's. The generalisation curve is the train–test gap of the squared loss on 200 fresh examples of the
+# same teacher (an unbounded loss, so Kratsios et al.'s bound does not apply; the curve is descriptive).
+
+# %%
+K_s, mn, LAM_S = 3, 16, 0.1
+Ns_s = scale.pick(quick=[8], default=[8, 16], paper=[8, 16, 32])
+n_test_s = 200
+syn = {}
+for N in Ns_s:
+    full = ntk.synthetic_problem(N + n_test_s, K_s, mn, mn, 0.0, generator=torch_gen,
+                                 loss="mse")
+    part = lambda sl, lam: ntk.LinearisedProblem(full.G[sl], full.f0[sl], full.y[sl], lam,
+                                                 "mse")
+    tr, te = slice(0, N), slice(N, N + n_test_s)
+    prob = part(tr, LAM_S * part(tr, 0.0).lambda_max())
+    test_s = part(te, 0.0)
+
+    def mse_gap(delta, prob=prob, test_s=test_s):
+        err = lambda p, d: (p.outputs(d) - p.y).square().sum(-1).mean(-1)
+        return err(test_s, delta) - err(prob, delta)
+
+    ranks_s = list(range(1, ntk.rank_threshold(K_s, N) + 2))
+    syn[N] = three_curves(prob, ranks_s, mse_gap, label=f"synthetic, N = {N}")
+    syn[N]["ranks"] = ranks_s
+    syn[N]["rec"] = rc.recommend_rank(ranks_s, syn[N]["trunc"][1:], syn[N]["reached"],
+                                      np.median(syn[N]["gap"], 0), expr_tol=EXPR_TOL)
+
+# %% tags=["hide-input"]
+fig, ax = plotting.subplots(3, width=3.8, height=3.3)
+for N, c in zip(Ns_s, ("lora", "full", "construction")):
+    res, col = syn[N], plotting.COLORS[c]
+    ax[0].plot([0] + res["ranks"], np.maximum(res["trunc"], 1e-16), "o-", color=col,
+               label=f"N = {N}")
+    ax[1].plot(res["ranks"], res["reached"], "o-", color=col, label=f"N = {N}")
+    plotting.mark_threshold(ax[1], ntk.rank_threshold(K_s, N), label=f"threshold, N = {N}",
+                            color=col)
+    plotting.band(ax[2], res["ranks"], res["gap"], label=f"N = {N}", color=col)
+    for a in ax[:2]:
+        a.axvline(res["rec"]["r_rec"], color=col, linestyle=":", alpha=0.7)
+ax[0].axhline(EXPR_TOL, color=plotting.COLORS["theory"], linestyle=":", label="tolerance")
+ax[0].set(yscale="log", xlabel="LoRA rank $r$", ylabel="relative truncation error",
+          title="expressivity")
+ax[1].set(xlabel="LoRA rank $r$", ylabel="fraction reaching $F^\\star$", title="trainability",
+          ylim=(-0.05, 1.05))
+ax[2].set(xlabel="LoRA rank $r$", ylabel="test − train squared loss",
+          title="generalisation gap (frozen random B)")
+for a in ax:
+    a.legend(fontsize=6)
+fig.suptitle(f"synthetic linearised problem, K = {K_s}, {mn}×{mn}, λ = {LAM_S}·λ_max "
+             "(dotted: recommended rank)")
+fig.tight_layout()
+
+# %% tags=["nbval-ignore-output"]
+for N in Ns_s:
+    r_, c_ = syn[N], syn[N]["rec"]
+    print(f"N = {N:3d}: rel. duality gap {r_['cert'].rel_gap:.1e}, optimum rank "
+          f"{r_['block_ranks']}, truncation error {np.round(r_['trunc'][1:], 4).tolist()}, "
+          f"reached {np.round(r_['reached'], 2).tolist()}, threshold "
+          f"{ntk.rank_threshold(K_s, N)}; r_expr = {c_['r_expr']}, r_train = {c_['r_train']}, "
+          f"recommended r = {c_['r_rec']}, median gap there {c_['gap_rec']:.3f}")
+
+# %% [markdown]
+# *What to see* (`default`): the certified optimum has rank 3 at $N = 8$ and rank 4 at $N = 16$ (relative
+# duality gaps about $10^{-10}$), so the expressivity curve falls below the tolerance only at that rank. Gradient
+# descent reaches $F^\star$ (within a relative gap of $10^{-3}$) from every start from rank 3 on, and from none at
+# ranks 1 and 2, which cannot express the optimum. The recommendation is $r_{\text{rec}} = 3$ at $N = 8$ and
+# $4$ at $N = 16$: it moves with $N$, as the optimum's rank does, but stays well below
+# `rank_threshold(3, N)` (7 and 10), the rank at which Theorem 4.1 *guarantees* success. The checks: the
+# certificate and the recommendation are computations of ours (sanity), the reach above the threshold is
+# Theorem 4.1 again. The check that the recommended rank is at least 3 can fail: on the MiniLM task above
+# it would (rank 1).
+
+# %% tags=["nbval-check-output"]
+lb.claim("synthetic task: each optimum is certified (largest relative duality gap over N)",
+         max(syn[N]["cert"].rel_gap for N in Ns_s), "<", 1e-9, kind="sanity")
+lb.claim("synthetic task: every initialisation with r(r+1)/2 > KN reaches the certified "
+         "optimum (smallest fraction over N and ranks)",
+         min(reach_above_threshold(syn[N], N, K_s) for N in Ns_s), ">=", 1.0, kind="theorem",
+         label="Jang et al., Theorem 4.1",
+         control="test_controls_ch4.py::test_reach_check_fails_below_the_threshold")
+lb.claim("synthetic task: the recommended rank is at least 3 at every N (smallest over N)",
+         min(syn[N]["rec"]["r_rec"] for N in Ns_s), ">=", 3, kind="sanity",
+         rec=str({N: syn[N]["rec"]["r_rec"] for N in Ns_s}))
+lb.claim("synthetic task: the recommended rank stays below rank_threshold(K, N) "
+         "(largest difference over N)",
+         max(syn[N]["rec"]["r_rec"] - ntk.rank_threshold(K_s, N) for N in Ns_s), "<", 0,
+         kind="sanity")

@@ -13,9 +13,15 @@ Public API
 * :func:`relu_bounds`, :func:`partition_bound` — the error bounds, in the paper's form and corrected.
 * :func:`tfn_forward`, :func:`tfn_construction` — the Transformer network and its rank-⌈D/2⌉ construction.
 * :func:`train_fnn_adapters`, :func:`adapter_mse` — LoRA / final-layer tuning by Adam, batched over a grid.
+* :func:`fnn_training_curve` — the same training with a learning-rate schedule, test error along the run.
+* :func:`dead_output_share` — the part of an adapted model's error carried by output ReLUs that never fire.
+* :func:`flat_spectrum_instance` — a ReLU instance with an orthogonal error matrix (Lemma 2's stated bound).
 * :func:`random_fnn_instance`, :func:`grid_configs`, :func:`fnn_grid_experiment`, :func:`cached_grid` — the chapter's
   gradient experiment (instances, grid, validation selection, fresh and shifted test sets, cache).
 * :func:`random_tfn_instance`, :func:`train_tfn_lora`, :func:`tfn_mse` — gradient LoRA on Transformer networks.
+* :func:`random_tfn_pair`, :func:`tfn_full_construction` — target and frozen Transformers that differ in every
+  weight, and the paper's construction for them (rank ⌈D/2⌉ on attention, updated feed-forward biases and last
+  output weight).
 * :func:`uniform_inputs` — inputs uniform on a cube, drawn on the CPU.
 """
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Sequence
 import torch
 
 from .linalg import chain_product, check_matrix, check_rank, numerical_rank
+from tqdm import tqdm
+
 from .train import batched_adam
 
 _COND_MAX = 1e12
@@ -462,30 +470,9 @@ def uniform_inputs(shape: Sequence[int], generator: torch.Generator, *, low: flo
     return (low + (high - low) * u).to(dtype=dtype, device=device)
 
 
-def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
-                       target_b: torch.Tensor, configs: Sequence[dict], *, steps: int, batch: int,
-                       generator: torch.Generator, relu: bool = True, low: float = -1.0, high: float = 1.0,
-                       progress: bool | str = False, dtype: torch.dtype = torch.float32,
-                       device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Train adapters of a frozen FNN toward a target FNN by Adam, every (seed, config) in one batched program.
-
-    Each config is a dict ``{"rank": R ≥ 0, "final": k ≥ 0, "bias": "all"|"none"|"final", "lr": η, "wd": λ}``:
-    LoRA ``ΔW_l = B_l A_l`` of rank ``R`` on every layer (``R = 0``: none), full tuning of the last ``k`` layers'
-    weights, and trainable biases on all layers, none, or the last ``k``. Weight decay ``λ/2 ‖θ‖²`` applies to the
-    adapter weights (not the biases). LoRA starts at ``A`` Gaussian (std ``1/√D``), ``B = 0``. Fresh inputs,
-    uniform on ``[low, high]^D``, are drawn at every step (one batch per seed, shared by its configs).
-
-    Parameters
-    ----------
-    frozen_w (S, L, D, D), frozen_b (S, L, D) : one frozen model per seed.
-    target_w (S, L̄, D, D), target_b (S, L̄, D) : one target per seed.
-    configs : C dicts as above.
-    steps, batch : Adam steps and batch size.
-
-    Returns
-    -------
-    ``(weights (S, C, L, D, D), biases (S, C, L, D))``: the adapted models, detached.
-    """
+def _fnn_problem(frozen_w, frozen_b, target_w, target_b, configs, *, batch, generator, relu, low, high, dtype,
+                 device):
+    """Validate a batched adapter-training problem; return ``(params, loss_fn, model, lr, (S, C, L, D))``."""
     for name, T, nd in (("frozen_w", frozen_w, 4), ("frozen_b", frozen_b, 3), ("target_w", target_w, 4),
                         ("target_b", target_b, 3)):
         if not isinstance(T, torch.Tensor) or T.dim() != nd or not torch.isfinite(T).all():
@@ -493,7 +480,8 @@ def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w:
     S, L, D, _ = frozen_w.shape
     if frozen_b.shape != (S, L, D) or target_w.shape[0] != S or target_w.shape[2:] != (D, D) \
             or target_b.shape != target_w.shape[:3]:
-        raise ValueError("shapes must be frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), target_b (S, L̄, D)")
+        raise ValueError("shapes must be frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), "
+                         "target_b (S, L̄, D)")
     if not configs:
         raise ValueError("configs must be a non-empty list of dicts")
     C = len(configs)
@@ -555,10 +543,159 @@ def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w:
         return mse + 0.5 * wd * pen
 
     params = [A, Bm, dFull, db] if any_full else [A, Bm, db]
+    return params, loss_fn, model, lr, (S, C, L, D)
+
+
+def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
+                       target_b: torch.Tensor, configs: Sequence[dict], *, steps: int, batch: int,
+                       generator: torch.Generator, relu: bool = True, low: float = -1.0, high: float = 1.0,
+                       progress: bool | str = False, dtype: torch.dtype = torch.float32,
+                       device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Train adapters of a frozen FNN toward a target FNN by Adam, every (seed, config) in one batched program.
+
+    Each config is a dict ``{"rank": R ≥ 0, "final": k ≥ 0, "bias": "all"|"none"|"final", "lr": η, "wd": λ}``:
+    LoRA ``ΔW_l = B_l A_l`` of rank ``R`` on every layer (``R = 0``: none), full tuning of the last ``k`` layers'
+    weights, and trainable biases on all layers, none, or the last ``k``. Weight decay ``λ/2 ‖θ‖²`` applies to the
+    adapter weights (not the biases). LoRA starts at ``A`` Gaussian (std ``1/√D``), ``B = 0``. Fresh inputs,
+    uniform on ``[low, high]^D``, are drawn at every step (one batch per seed, shared by its configs).
+
+    Parameters
+    ----------
+    frozen_w (S, L, D, D), frozen_b (S, L, D) : one frozen model per seed.
+    target_w (S, L̄, D, D), target_b (S, L̄, D) : one target per seed.
+    configs : C dicts as above.
+    steps, batch : Adam steps and batch size.
+
+    Returns
+    -------
+    ``(weights (S, C, L, D, D), biases (S, C, L, D))``: the adapted models, detached.
+    """
+    params, loss_fn, model, lr, (S, C, L, D) = _fnn_problem(
+        frozen_w, frozen_b, target_w, target_b, configs, batch=batch, generator=generator, relu=relu, low=low,
+        high=high, dtype=dtype, device=device)
     batched_adam(params, loss_fn, steps, lr, progress=progress)
     with torch.no_grad():
         W, b, _ = model()
     return W.reshape(S, C, L, D, D).detach(), b.reshape(S, C, L, D).detach()
+
+
+def fnn_training_curve(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
+                       target_b: torch.Tensor, configs: Sequence[dict], *, steps: int, batch: int,
+                       generator: torch.Generator, x_test: torch.Tensor, n_records: int = 8,
+                       schedule: str = "cosine", relu: bool = True, dtype: torch.dtype = torch.float64,
+                       progress: bool | str = False, device: torch.device | str = "cpu"
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Test error of batched adapter training (as :func:`train_fnn_adapters`) recorded along the run.
+
+    Adam with the learning rate of each config multiplied by a schedule ``s(t)``: ``"constant"`` (1),
+    ``"cosine"`` (``½(1 + cos(π t/T))``, from 1 down to 0 at the last step) or ``"exp"`` (``10^{−3 t/T}``, three
+    decades). The test MSE on ``x_test`` is recorded at ``n_records`` step counts spaced geometrically up to
+    ``steps`` (the last record is the final model). Parameters as :func:`train_fnn_adapters`; ``x_test`` (S, n, D).
+
+    Returns
+    -------
+    ``(record_steps (n_records,), test_mse (n_records, S, C), weights (S, C, L, D, D), biases (S, C, L, D))``:
+    the record steps (fewer than ``n_records`` if ``steps`` is small), the test errors there, and the final models.
+    """
+    check_rank(steps, 10**9, "steps")
+    check_rank(n_records, steps, "n_records")
+    if schedule not in ("constant", "cosine", "exp"):
+        raise ValueError(f"schedule must be 'constant', 'cosine' or 'exp', got {schedule!r}")
+    if not isinstance(x_test, torch.Tensor) or x_test.dim() != 3 or x_test.shape[0] != frozen_w.shape[0] \
+            or x_test.shape[2] != frozen_w.shape[-1]:
+        raise ValueError("x_test must be (S, n, D) with S and D those of frozen_w")
+    params, loss_fn, model, lr, (S, C, L, D) = _fnn_problem(
+        frozen_w, frozen_b, target_w, target_b, configs, batch=batch, generator=generator, relu=relu, low=-1.0,
+        high=1.0, dtype=dtype, device=device)
+    at = sorted({int(round(10 ** (math.log10(steps) * i / max(1, n_records - 1)))) for i in range(n_records)})
+    at[-1] = steps
+    xt = x_test.to(dtype=dtype, device=device)
+    with torch.no_grad():
+        yt = fnn_forward(xt, target_w.to(xt), target_b.to(xt), relu=relu)[:, None]
+
+    def factor(t: int) -> float:
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t / steps))
+        return 10.0 ** (-3.0 * t / steps) if schedule == "exp" else 1.0
+
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    records = []
+    for t in tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else "curve",  # pragma: no mutate
+                  disable=not progress, leave=False):  # pragma: no mutate
+        losses = loss_fn(t - 1)
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError(f"non-finite loss at step {t - 1}")
+        grads = torch.autograd.grad(losses.sum(), params)
+        with torch.no_grad():
+            rate = lr * factor(t - 1)
+            for p, g, mi, vi in zip(params, grads, m, v):
+                shape = (p.shape[0],) + (1,) * (p.dim() - 1)
+                mi.mul_(b1).add_(g, alpha=1 - b1)
+                vi.mul_(b2).addcmul_(g, g, value=1 - b2)
+                p.sub_(rate.view(shape) * (mi / (1 - b1**t)) / ((vi / (1 - b2**t)).sqrt() + eps))
+            if t in at:
+                W, b, _ = model()
+                out = fnn_forward(xt[:, None], W, b, relu=relu)
+                records.append((out - yt).square().sum(-1).mean(-1))
+    with torch.no_grad():
+        W, b, _ = model()
+    return torch.tensor(at), torch.stack(records).cpu(), W.detach().cpu(), b.detach().cpu()
+
+
+def dead_output_share(weights: torch.Tensor, biases: torch.Tensor, target_w: torch.Tensor,
+                      target_b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Share of each adapted model's test error carried by output ReLUs that are off on every input of ``x``.
+
+    A unit of the last layer that is off on the whole input set gets no gradient, for its weights or its bias, so
+    gradient training cannot revive it: its error ``E[ReLU(f̄_k(x))²]`` stays whatever the budget.
+
+    Parameters
+    ----------
+    weights (S, C, L, D, D), biases (S, C, L, D) : adapted models; target_w (S, L̄, D, D), target_b (S, L̄, D);
+    x : (S, n, D) inputs.
+
+    Returns
+    -------
+    (S, C) tensor in ``[0, 1]`` (0 where the model's error is 0).
+    """
+    if weights.dim() != 5 or biases.dim() != 4 or x.dim() != 3 or x.shape[0] != weights.shape[0]:
+        raise ValueError("need weights (S, C, L, D, D), biases (S, C, L, D) and x (S, n, D)")
+    kw = dict(dtype=weights.dtype, device=weights.device)
+    x = x.to(**kw)
+    with torch.no_grad():
+        y = fnn_forward(x, target_w.to(**kw), target_b.to(**kw))[:, None]
+        out = fnn_forward(x[:, None], weights, biases)                           # (S, C, n, D)
+        err = (out - y).square().mean(-2)                                        # (S, C, D)
+        dead = ~(out > 0).any(-2)
+        total = err.sum(-1)
+        return torch.where(total > 0, (err * dead).sum(-1) / total.clamp_min(1e-300), torch.zeros_like(total))
+
+
+def flat_spectrum_instance(D: int, n_layers: int, generator: torch.Generator, *, radius: float | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A one-layer ReLU target whose error matrix is orthogonal, with every target ReLU active on the ball.
+
+    Frozen ``W_l`` are ``N(0, 1/D)`` (non-singular almost surely), ``W̄_1 = ∏_l W_l + Q`` with ``Q`` a random
+    orthogonal matrix, so ``E = Q`` has all ``D`` singular values equal to 1 (a flat spectrum); the target bias
+    ``b̄_1[k] = ‖W̄_1[k, :]‖_2 · radius + 1`` (default ``radius = √D``, the ball around the cube ``[−1, 1]^D``) keeps
+    every target ReLU on, so the target is affine there. Frozen biases are zero.
+
+    Returns ``(frozen_w (L, D, D), frozen_b (L, D), target_w (1, D, D), target_b (1, D))``, float64.
+    """
+    check_rank(D, 10**5, "D")
+    check_rank(n_layers, 10**5, "n_layers")
+    rho = math.sqrt(D) if radius is None else _positive(radius, "radius")
+    kw = dict(generator=generator, dtype=torch.float64)
+    fw = torch.randn(n_layers, D, D, **kw) / math.sqrt(D)
+    Q, Rq = torch.linalg.qr(torch.randn(D, D, **kw))
+    Q = Q * torch.sign(torch.diagonal(Rq))[None]                    # Haar-distributed
+    tw = (chain_product(list(fw)) + Q)[None]
+    tb = (tw[0].norm(dim=1) * rho + 1.0)[None]
+    return fw, torch.zeros(n_layers, D, dtype=torch.float64), tw, tb
 
 
 def adapter_mse(weights: torch.Tensor, biases: torch.Tensor, target_w: torch.Tensor, target_b: torch.Tensor,

@@ -105,3 +105,28 @@ def test_partition_exactness_check_fails_one_rank_short():
     err, _, scale_f = _partition(8, 8)
     assert not evaluate(err / scale_f, ">", 1e-6).passed
 
+
+def _stated_bound_ratio(instance, R, D, L=2, seed=5):
+    """Construction's test MSE over Lemma 2's stated bound ||Sigma||_F sigma^2_{RL+1}(E), x ~ U[-1, 1]^D."""
+    fw, fb, tw, tb = instance
+    g = torch.Generator().manual_seed(seed)
+    x = ex.uniform_inputs((1, 4000, D), g, dtype=torch.float64)
+    deltas, biases = ex.fnn_construction(list(tw), list(tb), list(fw), R, math.sqrt(D))
+    Wc = torch.stack([W + d for W, d in zip(fw, deltas)])
+    mse = ex.adapter_mse(Wc[None, None], torch.stack(biases)[None, None], tw[None], tb[None], x).item()
+    E = tw[0] - chain_product(list(fw))
+    return mse / ex.relu_bounds(E, R, L, torch.eye(D, dtype=torch.float64) / 3)["paper"]
+
+
+def test_lemma2_flat_spectrum_departure_check_passes_on_a_flat_spectrum():
+    g = torch.Generator().manual_seed(0)
+    assert evaluate(_stated_bound_ratio(ex.flat_spectrum_instance(16, 2, g), 1, 16), ">", 1.0).passed
+
+
+def test_lemma2_flat_spectrum_departure_check_fails_on_a_decaying_spectrum():
+    """On the section's drawn instance (decaying spectrum, half the target ReLUs off) the same check of the
+    departure fails already for the construction: the stated bound is not refuted there."""
+    g = torch.Generator().manual_seed(1)
+    inst = ex.random_fnn_instance(16, 2, 1, g)
+    for R in (1, 4, 7):
+        assert not evaluate(_stated_bound_ratio(inst, R, 16), ">", 1.0).passed

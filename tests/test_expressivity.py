@@ -13,6 +13,7 @@ from lorabook.expressivity import (
     random_linear_instance, relu_bounds, tfn_construction, tfn_forward, train_fnn_adapters, uniform_inputs,
     uniform_partition,
 )
+from lorabook import expressivity as ex_mod
 from lorabook.linalg import chain_product, numerical_rank
 
 F64 = torch.float64
@@ -321,3 +322,63 @@ def test_fnn_construction_refuses_a_compounding_bias_bound():
         fnn_construction(list(tw), list(tb), list(fw), 2, 6.0)
     deltas, biases = fnn_construction(list(tw), list(tb), list(fw[:2]), 8, 6.0)   # a shallow group is fine
     assert max(b.abs().max().item() for b in biases) < 1e6
+
+
+def test_flat_spectrum_instance_has_orthogonal_error_and_active_target():
+    g = torch.Generator().manual_seed(0)
+    fw, fb, tw, tb = ex_mod.flat_spectrum_instance(8, 2, g)
+    E = tw[0] - fw[1] @ fw[0]
+    assert torch.allclose(E @ E.T, torch.eye(8, dtype=F64), atol=1e-12)
+    x = uniform_inputs((500, 8), g, dtype=F64)
+    assert (x @ tw[0].T + tb[0]).min() >= 1.0 - 1e-12          # every target ReLU on over the cube
+    assert fb.abs().max() == 0
+    with pytest.raises(ValueError):
+        ex_mod.flat_spectrum_instance(8, 2, g, radius=-1.0)
+
+
+def test_fnn_training_curve_schedules_records_and_bad_inputs():
+    g = torch.Generator().manual_seed(1)
+    fw, fb, tw, tb = (t[None] for t in random_fnn_instance(4, 2, 1, g, linear=True))
+    x = uniform_inputs((1, 300, 4), g, dtype=F64)
+    cfg = [dict(rank=2, lr=3e-2, bias="none")]
+    zero = ((x @ (fw[0, 1] @ fw[0, 0]).T - x @ tw[0, 0].T) ** 2).sum(-1).mean().item()
+    finals = {}
+    for sched in ("constant", "cosine", "exp"):
+        at, rec, W, b = ex_mod.fnn_training_curve(fw, fb, tw, tb, cfg, steps=400, batch=64, generator=g,
+                                                  x_test=x, n_records=4, schedule=sched, relu=False)
+        assert at.tolist() == [1, 7, 54, 400] and rec.shape == (4, 1, 1) and W.shape == (1, 1, 2, 4, 4)
+        # the last record is the returned model's error
+        out = x @ (W[0, 0, 1] @ W[0, 0, 0]).T
+        assert rec[-1, 0, 0].item() == pytest.approx(((out - x @ tw[0, 0].T) ** 2).sum(-1).mean().item())
+        assert rec[-1, 0, 0] < 0.5 * zero and rec[-1, 0, 0] < rec[0, 0, 0]
+        finals[sched] = rec[-1, 0, 0].item()
+    # R L = 4 = D: exactly representable; every schedule gets far below the frozen error, and differently
+    assert max(finals.values()) < 1e-2 * zero
+    assert len({round(math.log10(v), 3) for v in finals.values()}) == 3
+    for bad in (dict(schedule="linear"), dict(n_records=0), dict(x_test=x[0])):
+        kw = dict(steps=10, batch=8, generator=g, x_test=x, relu=False) | bad
+        with pytest.raises(ValueError):
+            ex_mod.fnn_training_curve(fw, fb, tw, tb, cfg, **kw)
+
+
+def test_dead_output_share():
+    """A model whose output unit 0 never fires carries exactly that unit's target error there."""
+    g = torch.Generator().manual_seed(2)
+    D = 3
+    tw = torch.eye(D, dtype=F64)[None, None]
+    tb = torch.ones(1, 1, D, dtype=F64)
+    W = torch.eye(D, dtype=F64).repeat(1, 1, 1, 1, 1)                         # (1, 1, 1, D, D)
+    b = torch.ones(1, 1, 1, D, dtype=F64)
+    b[..., 0] = -10.0                                                          # unit 0 dead on the cube
+    x = uniform_inputs((1, 200, D), g, dtype=F64)
+    share = ex_mod.dead_output_share(W, b, tw, tb, x)
+    assert share.shape == (1, 1) and share.item() == pytest.approx(1.0)
+    b[..., 0] = 1.0
+    assert ex_mod.dead_output_share(W, b, tw, tb, x).item() == 0.0          # exact model: no error at all
+    b[..., 1] = 2.0                                                            # alive unit, off by 1 everywhere
+    b[..., 0] = -10.0
+    err0 = ((x[0, :, 0] + 1) ** 2).mean()
+    err1 = 1.0
+    assert ex_mod.dead_output_share(W, b, tw, tb, x).item() == pytest.approx((err0 / (err0 + err1)).item())
+    with pytest.raises(ValueError):
+        ex_mod.dead_output_share(W[0], b, tw, tb, x)

@@ -23,10 +23,6 @@ CHECK = "nbval-check-output"
 MAX_WIDTH = 95  # characters of code the HTML theme shows without a horizontal scroll bar
 # scripts whose code is still being brought within MAX_WIDTH (the width check skips them until they are)
 WIDTH_PENDING = {
-    "chapters/01_expressivity/01_linear.py",
-    "chapters/01_expressivity/02_relu_fnn.py",
-    "chapters/01_expressivity/03_multilayer.py",
-    "chapters/01_expressivity/05_lora_vs_final_layers.py",
     "chapters/02_ntk_landscape/01_landscape.py",
     "chapters/02_ntk_landscape/02_low_rank_solutions.py",
     "chapters/02_ntk_landscape/03_no_spurious_minima.py",

@@ -67,7 +67,9 @@ for s in range(scale.seeds):
     fw, fb, tw, tb = ex.random_fnn_instance(D, L, Lbar, torch_gen)
     fbar = ex.fnn_forward(x, tw, tb)
     for R in Rs:
-        deltas, biases = ex.fnn_construction(list(tw), list(tb), list(fw), int(R), math.sqrt(D))
+        deltas, biases = ex.fnn_construction(
+            list(tw), list(tb), list(fw), int(R), math.sqrt(D)
+        )
         f = ex.fnn_forward(x, [W + d for W, d in zip(fw, deltas)], biases)
         err[s, R - 1] = (f - fbar).norm(dim=-1).mean().item()
         bound = ex.partition_bound(list(tw), list(tb), list(fw), int(R), Sigma)
@@ -82,30 +84,79 @@ below = Rs < thr
 
 # %%
 fig, ax = plotting.subplots(1, width=6.4)
-plotting.band(ax, Rs, err + 1e-17, label="measured (construction)", color=plotting.COLORS["construction"])
-plotting.band(ax, Rs[below], b_paper[:, below], label=r"bound as stated ($\sqrt{\|\Sigma\|_F}$)",
-              color=plotting.COLORS["other"], marker="")
-plotting.band(ax, Rs[below], b_corr[:, below], label=r"repaired proof ($\sqrt{\mathrm{tr}\,\Sigma}$)",
-              color=plotting.COLORS["theory"],
-              marker="", linestyle="--")
+plotting.band(
+    ax, Rs, err + 1e-17, label="measured (construction)", color=plotting.COLORS["construction"]
+)
+plotting.band(
+    ax,
+    Rs[below],
+    b_paper[:, below],
+    label=r"bound as stated ($\sqrt{\|\Sigma\|_F}$)",
+    color=plotting.COLORS["other"],
+    marker="",
+)
+plotting.band(
+    ax,
+    Rs[below],
+    b_corr[:, below],
+    label=r"repaired proof ($\sqrt{\mathrm{tr}\,\Sigma}$)",
+    color=plotting.COLORS["theory"],
+    marker="",
+    linestyle="--",
+)
 plotting.mark_threshold(ax, thr, label=r"$\lceil D/M\rceil$")
-ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel=r"$\mathbb{E}\|f(x)-\bar f(x)\|_2$",
-       title=rf"Two-layer target, four frozen layers (D={D}, {scale.seeds} seeds)")
+ax.set(
+    yscale="log",
+    xlabel="LoRA rank $R$",
+    ylabel=r"$\mathbb{E}\|f(x)-\bar f(x)\|_2$",
+    title=rf"Two-layer target, four frozen layers (D={D}, {scale.seeds} seeds)",
+)
 ax.legend(fontsize=8)
 
 # %% tags=["nbval-check-output"]
-lb.claim("the measured error is below the stated bound at every rank below the threshold and seed (largest "
-         "measured / bound)", float((err[:, below] / b_paper[:, below]).max()), "<=", 1.0, kind="sanity")
-lb.claim("and below the repaired bound (largest measured / bound)", float((err[:, below] / b_corr[:, below]).max()),
-         "<=", 1.0, kind="sanity")
-lb.claim("exact match from R = ceil(D/M) on (largest error / mean ||f_bar(x)||)", float(err[:, ~below].max() / scale_f),
-         "<=", 1e-9, kind="theorem", label="Zeng & Lee, Theorem 5 (threshold)",
-         control="test_controls_ch1.py::test_partition_exactness_check_fails_one_rank_short")
-lb.claim("no exact match below it (smallest error / mean ||f_bar(x)||)", float(err[:, below].min() / scale_f), ">",
-         1e-6, kind="theorem", label="Zeng & Lee, Theorem 5 (threshold)",
-         control="test_controls_ch1.py::test_partition_exactness_check_fails_one_rank_short")
-lb.claim("the stated bound is loose: it exceeds the measured error by more than 10x below the threshold (smallest "
-         "bound / measured)", float((b_paper[:, below] / err[:, below]).min()), ">", 10.0, kind="sanity")
+lb.claim(
+    "the measured error is below the stated bound at every rank below the threshold and seed "
+    "(largest "
+    "measured / bound)",
+    float((err[:, below] / b_paper[:, below]).max()),
+    "<=",
+    1.0,
+    kind="sanity",
+)
+lb.claim(
+    "and below the repaired bound (largest measured / bound)",
+    float((err[:, below] / b_corr[:, below]).max()),
+    "<=",
+    1.0,
+    kind="sanity",
+)
+lb.claim(
+    "exact match from R = ceil(D/M) on (largest error / mean ||f_bar(x)||)",
+    float(err[:, ~below].max() / scale_f),
+    "<=",
+    1e-9,
+    kind="theorem",
+    label="Zeng & Lee, Theorem 5 (threshold)",
+    control="test_controls_ch1.py::test_partition_exactness_check_fails_one_rank_short",
+)
+lb.claim(
+    "no exact match below it (smallest error / mean ||f_bar(x)||)",
+    float(err[:, below].min() / scale_f),
+    ">",
+    1e-6,
+    kind="theorem",
+    label="Zeng & Lee, Theorem 5 (threshold)",
+    control="test_controls_ch1.py::test_partition_exactness_check_fails_one_rank_short",
+)
+lb.claim(
+    "the stated bound is loose: it exceeds the measured error by more than 10x below the "
+    "threshold (smallest "
+    "bound / measured)",
+    float((b_paper[:, below] / err[:, below]).min()),
+    ">",
+    10.0,
+    kind="sanity",
+)
 
 # %% [markdown]
 # The threshold is where the theorem puts it: each group of $M = 2$ layers needs $2R \ge \rank(\bar W_i - \prod W) = D$.

@@ -54,11 +54,25 @@ print(lb.describe())
 ranks = scale.pick(quick=[1, 2], default=[1, 2, 3, 4], paper=[1, 2, 3, 4, 6, 8])
 finals = scale.pick(quick=[1, 2, 3], default=[1, 2, 3, 4, 5], paper=[1, 2, 3, 4, 5, 6, 7, 8])
 lrs = scale.pick(quick=[1e-2], default=[1e-2, 3e-3], paper=[1e-2, 1e-3, 1e-4])
-grid = dict(D=16, n_layers=8, n_target=1, seeds=scale.pick(quick=2, default=3, paper=5),
-            configs=ex.grid_configs(ranks, lrs, final=finals), steps=scale.pick(quick=300, default=1200, paper=5000),
-            batch=256, n_test=scale.n_test, seed=6, device=str(lb.device()))
-runs = {kind: ex.cached_grid(f"ch1-final-{kind}", scale.name, pretrain_steps=pre, **grid)
-        for kind, pre in (("random", 0), ("pretrained", scale.pick(quick=100, default=300, paper=500)))}
+grid = dict(
+    D=16,
+    n_layers=8,
+    n_target=1,
+    seeds=scale.pick(quick=2, default=3, paper=5),
+    configs=ex.grid_configs(ranks, lrs, final=finals),
+    steps=scale.pick(quick=300, default=1200, paper=5000),
+    batch=256,
+    n_test=scale.n_test,
+    seed=6,
+    device=str(lb.device()),
+)
+runs = {
+    kind: ex.cached_grid(f"ch1-final-{kind}", scale.name, pretrain_steps=pre, **grid)
+    for kind, pre in (
+        ("random", 0),
+        ("pretrained", scale.pick(quick=100, default=300, paper=500)),
+    )
+}
 nR = len(ranks)
 
 # %% [markdown]
@@ -68,12 +82,51 @@ nR = len(ranks)
 fig, axes = plotting.subplots(2, width=4.6, sharey=True)
 for ax, (kind, out) in zip(axes, runs.items()):
     n = out["n_params"]
-    plotting.band(ax, n[:nR], out["test"][:, :nR], label="LoRA, all layers", color=plotting.COLORS["lora"])
-    plotting.band(ax, n[nR:], out["test"][:, nR:], label="tune final layers", color=plotting.COLORS["full"], marker="s")
-    plotting.band(ax, n[:nR], out["shift"][:, :nR], label="LoRA, shifted inputs", color=plotting.COLORS["lora"], marker="", linestyle=":")
-    plotting.band(ax, n[nR:], out["shift"][:, nR:], label="final layers, shifted", color=plotting.COLORS["full"], marker="", linestyle=":")
-    ax.axhline(np.median(out["zero_test"]), color=plotting.COLORS["theory"], linewidth=1, label="frozen model")
-    ax.set(yscale="log", xlabel="trainable parameters", ylabel=r"test $\mathbb{E}\|f(x)-\bar f(x)\|^2$", title=f"{kind} frozen model")
+    plotting.band(
+        ax,
+        n[:nR],
+        out["test"][:, :nR],
+        label="LoRA, all layers",
+        color=plotting.COLORS["lora"],
+    )
+    plotting.band(
+        ax,
+        n[nR:],
+        out["test"][:, nR:],
+        label="tune final layers",
+        color=plotting.COLORS["full"],
+        marker="s",
+    )
+    plotting.band(
+        ax,
+        n[:nR],
+        out["shift"][:, :nR],
+        label="LoRA, shifted inputs",
+        color=plotting.COLORS["lora"],
+        marker="",
+        linestyle=":",
+    )
+    plotting.band(
+        ax,
+        n[nR:],
+        out["shift"][:, nR:],
+        label="final layers, shifted",
+        color=plotting.COLORS["full"],
+        marker="",
+        linestyle=":",
+    )
+    ax.axhline(
+        np.median(out["zero_test"]),
+        color=plotting.COLORS["theory"],
+        linewidth=1,
+        label="frozen model",
+    )
+    ax.set(
+        yscale="log",
+        xlabel="trainable parameters",
+        ylabel=r"test $\mathbb{E}\|f(x)-\bar f(x)\|^2$",
+        title=f"{kind} frozen model",
+    )
 axes[0].legend(fontsize=7)
 fig.suptitle("L=8, D=16, one-layer target: LoRA vs final-layer tuning")
 fig.tight_layout()
@@ -83,17 +136,35 @@ ratio = {}
 for kind, out in runs.items():
     n, med = out["n_params"], np.median(out["test"], 0)
     # each LoRA budget against the cheapest final-layer tuning with at least as many parameters
-    pairs = [(i, min((j for j in range(nR, len(n)) if n[j] >= n[i]), key=lambda j: n[j], default=None))
-             for i in range(nR)]
+    pairs = [
+        (
+            i,
+            min(
+                (j for j in range(nR, len(n)) if n[j] >= n[i]),
+                key=lambda j: n[j],
+                default=None,
+            ),
+        )
+        for i in range(nR)
+    ]
     ratio[kind] = [float(med[i] / med[j]) for i, j in pairs if j is not None]
     if not ratio[kind]:
-        raise ValueError("no final-layer budget is at least as large as a LoRA budget: widen `finals`")
+        raise ValueError(
+            "no final-layer budget is at least as large as a LoRA budget: widen `finals`"
+        )
 
 # %% tags=["nbval-check-output"]
 for kind in runs:
-    lb.claim(f"{kind} frozen model: LoRA beats final-layer tuning with at least as many parameters at every "
-             "budget (largest ratio of median test errors, LoRA / final layers)", max(ratio[kind]), "<", 1.0,
-             kind="sanity", ratios=ratio[kind])
+    lb.claim(
+        f"{kind} frozen model: LoRA beats final-layer tuning with at least as many parameters "
+        f"at every "
+        "budget (largest ratio of median test errors, LoRA / final layers)",
+        max(ratio[kind]),
+        "<",
+        1.0,
+        kind="sanity",
+        ratios=ratio[kind],
+    )
 
 # %% [markdown]
 # The paper's claim reproduces in both settings. Tuning the last layers saturates quickly: once the frozen ReLUs

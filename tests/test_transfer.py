@@ -296,3 +296,15 @@ def test_bad_inputs(teacher):
         tr.true_row_space(torch.zeros(5, 3))
     with pytest.raises(ValueError, match="Z_hat must have shape"):
         tr.prediction_error(teacher, torch.zeros(1, 3, 10), xs)
+
+
+def test_stein_moment_none_with_several_outputs_is_literal_per_output():
+    """(1/n) sum_i y_ij T(x_i) for each output j separately, with outputs of different means (a mean over all
+    outputs, or over the wrong axis, would mix them)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(50, 3, generator=g, dtype=torch.float64) + torch.tensor([0.0, 5.0, -3.0], dtype=torch.float64)
+    T = torch.einsum("ni,nj->nij", x, x) - torch.eye(4, dtype=torch.float64)
+    A = tr.stein_moment(x, y, center="none")
+    for j in range(3):
+        assert torch.allclose(A[j], (y[:, j, None, None] * T).mean(0), atol=1e-12)

@@ -6,7 +6,7 @@ import lorabook as lb
 from lorabook import ntk
 from lorabook.checks import evaluate
 
-GAP_TOL = 1e-3          # the notebook's "reached the optimum" tolerance at quick scale
+GAP_TOL = 1e-5          # the notebook's "reached the optimum" tolerance
 
 
 def _rank_excess(prob, delta):

@@ -897,11 +897,16 @@ def rademacher_bound(G: torch.Tensor, radius: float, *, n_draws: int = 50, gener
     return {"empirical": emp, "lemma": lemma}
 
 
-def generalisation_bound(rademacher: float, lipschitz: float, loss_range: float, N: int, delta: float = 0.05) -> float:
-    """Uniform gap bound ``2·lipschitz·rademacher + loss_range·√(log(1/delta)/(2N))`` (McDiarmid + contraction).
+def generalisation_bound(rademacher: float, lipschitz: float, loss_range: float, N: int, delta: float = 0.05,
+                         *, empirical: bool = True) -> float:
+    """Uniform train-test gap bound from a Rademacher complexity (scalars in, scalar out).
 
-    Holds with probability ``≥ 1 − delta`` for all predictors of the class; constants are the textbook ones
-    (Shalev-Shwartz & Ben-David, Thm 26.5), not the paper's Theorem 5.1 constants.
+    With the *empirical* Rademacher complexity ``R̂_S`` of the predictor class on the sample (``empirical=True``,
+    the default; both of :func:`rademacher_bound`'s values are of this kind) the bound is
+    ``2·lipschitz·R̂_S + 4·loss_range·√(2 ln(4/delta)/N)``; with the *expected* complexity
+    (``empirical=False``) it is ``2·lipschitz·R + loss_range·√(2 ln(2/delta)/N)``. Both hold with probability
+    ``≥ 1 − delta`` for all predictors of the class (contraction + McDiarmid; Shalev-Shwartz & Ben-David,
+    Thm 26.5). ``loss_range`` is the bound ``b`` on the loss over the class.
     """
     check_positive_int(N, "N")
     if not 0 < delta < 1:
@@ -909,7 +914,9 @@ def generalisation_bound(rademacher: float, lipschitz: float, loss_range: float,
     for name, v in (("rademacher", rademacher), ("lipschitz", lipschitz), ("loss_range", loss_range)):
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be finite and non-negative, got {v}")
-    return 2 * lipschitz * rademacher + loss_range * math.sqrt(math.log(1 / delta) / (2 * N))
+    if empirical:
+        return 2 * lipschitz * rademacher + 4 * loss_range * math.sqrt(2 * math.log(4 / delta) / N)
+    return 2 * lipschitz * rademacher + loss_range * math.sqrt(2 * math.log(2 / delta) / N)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ N = scale.pick(quick=6, default=10, paper=32)
 m = n = scale.pick(quick=8, default=12, paper=24)
 n_init = scale.pick(quick=4, default=20, paper=50)
 steps = scale.pick(quick=3_000, default=6_000, paper=20_000)
-GAP_TOL = scale.pick(quick=1e-3, default=1e-5, paper=1e-6)   # "reached the optimum" (ours)
+GAP_TOL = scale.pick(quick=1e-5, default=1e-5, paper=1e-6)   # "reached the optimum" (ours)
 LR, INIT_STD, LAM_FRAC = 0.5, 0.3, 0.1
 
 torch_gen, _ = lb.seed_everything(4)
@@ -129,8 +129,9 @@ fig.tight_layout()
 # theorem says nothing: ranks at least $\rank\delta^\star$ still reach it (the threshold is sufficient, not
 # necessary), while ranks below $\rank\delta^\star$ cannot, by construction; there the rank-constrained runs end at
 # the values printed below. Where the runs of one rank end at *different* values with vanishing gradients, those are
-# spurious local minima of the rank-constrained problem: in our default run the rank-1 runs split into two groups
-# (middle panel, leftmost column) — spurious minima do exist below the threshold, as the theory allows. The
+# spurious local minima of the rank-constrained problem: the number of distinct end values per rank is printed
+# below (at `default` the rank-1 runs end at three values) — spurious minima do exist below the threshold, as the
+# theory allows. The
 # perturbed runs stay within the Corollary 4.2 bound, and their distance to $\delta^\star$ shrinks with $\varepsilon$.
 
 # %% tags=["nbval-ignore-output"]
@@ -142,15 +143,21 @@ for j, (r, f, g_min, s) in enumerate(zip(ranks, reached, gap.min(1), spread)):
           f"distinct end values {n_values}{note}")
 
 # %% tags=["nbval-check-output"]
+# Tolerances: "reached" is the scale's relative gap GAP_TOL (what gradient descent reaches in its step budget);
+# the dual bound and the Corollary 4.2 bound are held to rounding (1e-9 relative, 1e-6 of the bound).
 above = [j for j, r in enumerate(ranks) if r >= r_th]
-lb.claim("every initialisation with r(r+1)/2 > KN reaches the certified optimum", bool((reached[above] == 1).all()),
-         reached=reached.tolist(), tol=GAP_TOL)
-lb.claim("no LoRA run goes below the certified optimum (the dual bound holds)",
-         bool((run.objective >= opt.cert.dual - 1e-9 * abs(F_star)).all()))
-lb.claim("ranks below rank(delta*) stay above the optimum", bool((gap[: max(rank_star - 1, 0)] > GAP_TOL).all()),
-         gaps=gap[: max(rank_star - 1, 0)].min(1).tolist() if rank_star > 1 else [])
-lb.claim("perturbed runs are within eps * ||delta*||_* of the optimum (Corollary 4.2)",
-         bool(((excess >= -1e-9) & (excess <= cor_bound[:, None] * (1 + 1e-6))).all()),
-         excess=excess.max(1).tolist(), bound=cor_bound.tolist())
-lb.claim("the perturbed solution approaches delta* as eps shrinks",
-         bool(np.median(dist[0]) < np.median(dist[-1])), dist=np.median(dist, 1).tolist())
+lb.claim("every initialisation with r(r+1)/2 > KN reaches the certified optimum (largest relative gap)",
+         float(gap[above].max()), "<=", GAP_TOL, kind="theorem", label="Jang et al., Theorem 4.1",
+         control=("test_controls_ch2.py::test_theorem41_fails_below_threshold",
+                  "test_controls_ch2.py::test_theorem41_above_threshold_passes"))
+lb.claim("no LoRA run goes below the certified dual bound (smallest (F - dual)/F*)",
+         float(((run.objective - opt.cert.dual) / abs(F_star)).min()), ">=", -1e-9, kind="sanity")
+if rank_star > 1:
+    lb.claim("ranks below rank(delta*) stay above the optimum (smallest relative gap)",
+             float(gap[: rank_star - 1].min()), ">", GAP_TOL, kind="sanity")
+lb.claim("perturbed runs are within eps * ||delta*||_* of the optimum (largest excess / bound)",
+         float((excess / cor_bound[:, None]).max()), "<=", 1 + 1e-6, kind="sanity")
+lb.claim("perturbed runs are not below the optimum (smallest excess / F*)", float(excess.min() / F_star), ">=",
+         -1e-9, kind="sanity")
+lb.claim("the perturbed solution approaches delta* as eps shrinks (median distance, smallest/largest eps)",
+         float(np.median(dist[0]) / np.median(dist[-1])), "<", 1, kind="sanity")

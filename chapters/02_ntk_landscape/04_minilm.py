@@ -169,22 +169,24 @@ for k, v in acc.items():
 print(f"real vs linearised LoRA r={r_cmp}: same label on {agree:.1%} of test snippets")
 
 # %% tags=["nbval-check-output"]
+# Honest kinds: the optimum of this problem has rank at most 1 (printed above), so every LoRA rank can reach it and
+# the threshold r(r+1)/2 > KN is not what is tested here: these are checks of our solver, not of Theorem 4.1.
 TOL_OBJ = scale.pick(quick=0.5, default=0.1, paper=0.02)
-lb.claim("the full fine-tuning optimum is certified by its duality gap",
-         cert.cert.rel_gap < scale.pick(quick=0.5, default=0.01, paper=1e-4), rel_gap=cert.cert.rel_gap)
-lb.claim("LoRA at and above the threshold rank reaches the full fine-tuning objective",
-         bool((np.abs(rel_gap_lora[[i for i, r in enumerate(RANKS) if r >= 8]]) < TOL_OBJ).all()),
-         rel_gaps=rel_gap_lora.tolist())
-lb.claim("no LoRA objective is below the certified dual bound",
-         bool((lora_obj.numpy() >= cert.cert.dual - 1e-4 * abs(cert.cert.dual)).all()))
-lb.claim("linearised and real LoRA agree on most test labels (NTK regime)",
-         agree > scale.pick(quick=0.7, default=0.85, paper=0.9), agree=agree)
+lb.claim("the full fine-tuning optimum is certified (relative duality gap)", cert.cert.rel_gap, "<=",
+         scale.pick(quick=0.5, default=0.01, paper=1e-4), kind="sanity")
+lb.claim("LoRA at rank >= 8 reaches the full fine-tuning objective (largest |relative gap|)",
+         float(np.abs(rel_gap_lora[[i for i, r in enumerate(RANKS) if r >= 8]]).max()), "<=", TOL_OBJ,
+         kind="sanity")
+lb.claim("no LoRA objective is below the certified dual bound (smallest (F - dual)/|dual|)",
+         float(((lora_obj.numpy() - cert.cert.dual) / abs(cert.cert.dual)).min()), ">=", -1e-4, kind="sanity")
+lb.claim("linearised and real LoRA agree on most test labels (fraction)", agree, ">=",
+         scale.pick(quick=0.7, default=0.85, paper=0.9), kind="sanity")
 
 # %% [markdown]
 # (ntk-generalisation)=
 # ## The low-rank solution generalises
 #
-# ```{prf:theorem} Generalisation (Jang, Lee & Ryu, Theorem 5.1, via Lemmas C.4–C.5)
+# ```{prf:lemma} Jang, Lee & Ryu, Lemma C.5 (with Lemma C.4)
 # :label: thm-ntk-generalisation
 # For linearised predictors $x \mapsto f(W_0;x) + \langle G(x), \delta\rangle$ with $\sum_p\norm{\delta_p}_* \le M$, the
 # Rademacher complexity is at most $M\sqrt{\sum_i \norm{G(x_i)}_F^2}/N = O(1/\sqrt N)$, so for a Lipschitz loss the
@@ -194,8 +196,8 @@ lb.claim("linearised and real LoRA agree on most test labels (NTK regime)",
 # We evaluate the bound for the certified solution above: $M = \sum_p\norm{\delta^\star_p}_*$, the loss is
 # 1-Lipschitz in the logit, and on the ball the logit, hence the loss, is bounded by
 # $b = \log(1 + e^{|f_0|_\text{max} + M \max_i\norm{G_i}_F})$. The textbook bound
-# {cite}`shalev2014understanding` — gap $\le 2\,\mathfrak R + b\sqrt{\log(1/\eta)/(2N)}$ with probability
-# $1-\eta$, $\eta = 0.05$ — uses our constants, not the paper's (whose constants were lost from our copy), and
+# {cite}`shalev2014understanding` — with the *empirical* Rademacher complexity, gap
+# $\le 2\,\hat{\mathfrak R}_S + 4b\sqrt{2\ln(4/\eta)/N}$ with probability $1-\eta$, $\eta = 0.05$ — uses our constants, not the paper's (whose constants were lost from our copy), and
 # ignores that $M$ was chosen after seeing the data. We compute $\mathfrak R$ twice: Lemma C.4's closed form, and a
 # Monte-Carlo estimate of the empirical Rademacher complexity $M\,\E_\sigma\max_p\norm{\sum_i\sigma_iG_{ip}}_2/N$.
 
@@ -215,12 +217,14 @@ vals = [max(gen_gap, 1e-3), bounds["empirical"], bounds["lemma"]]
 ax.bar(range(3), vals, color=[plotting.COLORS["lora"], plotting.COLORS["theory"], plotting.COLORS["full"]],
        label="value (log scale)")
 ax.set_xticks(range(3), labels)
-ax.set(yscale="log", ylabel="logistic loss gap", title=f"Theorem 5.1 for the certified solution (N = {2 * N_PER_CLASS})")
+ax.set(yscale="log", ylabel="logistic loss gap", title=f"Lemma C.5 for the certified solution (N = {2 * N_PER_CLASS})")
 ax.legend()
 
 # %% [markdown]
-# *What to see:* the measured gap lies below both bounds, and the bounds are far from tight (they hold for the
-# worst predictor in the nuclear-norm ball, not for the one we trained).
+# *What to see:* at $N = 32$ both bounds exceed the loss range $b$ itself, so they are vacuous: they say nothing
+# that the boundedness of the loss does not already say. They hold for the worst predictor in the nuclear-norm
+# ball and decay like $1/\sqrt N$; the paper's Theorem 5.1 (excess risk of an approximate second-order stationary
+# point of the perturbed, regularised loss) is not checked here.
 
 # %% tags=["nbval-ignore-output"]
 print(f"M = {radius:.3g}, Rademacher: Monte-Carlo {rad['empirical']:.3g}, Lemma C.4 {rad['lemma']:.3g}; "
@@ -229,7 +233,8 @@ print(f"train loss {train_loss:.3f}, test loss {test_loss:.3f}, gap {gen_gap:.3f
       f"bounds {bounds['empirical']:.3g} (Monte-Carlo), {bounds['lemma']:.3g} (Lemma C.4)")
 
 # %% tags=["nbval-check-output"]
-lb.claim("the Monte-Carlo Rademacher estimate is below Lemma C.4's closed form", rad["empirical"] <= rad["lemma"],
-         mc=rad["empirical"], lemma=rad["lemma"])
-lb.claim("the measured train-test gap is below the Rademacher bound", gen_gap <= bounds["empirical"],
-         gap=gen_gap, bound=bounds["empirical"])
+lb.claim("the Monte-Carlo Rademacher estimate is below Lemma C.4's closed form (ratio)",
+         rad["empirical"] / rad["lemma"], "<=", 1 + 1e-9, kind="sanity")
+# the bound is vacuous at this N: it exceeds the loss range b, the largest gap any predictor of the ball can have
+lb.claim("the Rademacher bound is vacuous at this N (bound / loss range b)", bounds["empirical"] / loss_range,
+         ">=", 1, kind="sanity")

@@ -1,0 +1,69 @@
+"""Negative controls of chapter 2's theorem claims: the same check as in the notebook, on an input where the
+theorem's hypothesis is violated (or its conclusion is false), must fail; the genuine input must pass."""
+import torch
+
+import lorabook as lb
+from lorabook import ntk
+from lorabook.checks import evaluate
+
+GAP_TOL = 1e-5          # the notebook's "reached the optimum" tolerance
+
+
+def _rank_excess(prob, delta):
+    """The checked quantity of Theorem 3.1: max_p r(r+1)/2 - KN for the numerical rank r of delta."""
+    r = max(lb.numerical_rank(d, rtol=1e-7) for d in delta)
+    return r * (r + 1) / 2 - prob.K * prob.N
+
+
+def _optimum(prob):
+    return ntk.proximal_gradient(prob, 50_000, tol=1e-10).delta
+
+
+def _degenerate_problem():
+    """G_1 = I, G_2 = diag(1,1,1,1,-1,-1,-1,-1) (8x8, K = 1, N = 2): the nuclear-norm optimum is not unique and the
+    proximal-gradient path from zero stays on a full-rank diagonal one, against a Pataki bound of rank 1."""
+    d = torch.tensor([1.0] * 4 + [-1.0] * 4, dtype=torch.float64)
+    G = torch.stack([torch.eye(8, dtype=torch.float64), torch.diag(d)]).reshape(2, 1, 1, 8, 8)
+    y = torch.tensor([[4.0], [1.0]], dtype=torch.float64)
+    base = ntk.LinearisedProblem(G, torch.zeros(2, 1, dtype=torch.float64), y, 0.0)
+    return ntk.LinearisedProblem(G, base.f0, y, 0.1 * base.lambda_max())
+
+
+def test_theorem31_generic_optimum_passes():
+    gen = torch.Generator().manual_seed(0)
+    base = ntk.synthetic_problem(3, 2, 8, 8, 0.0, generator=gen)
+    prob = ntk.LinearisedProblem(base.G, base.f0, base.y, 0.1 * base.lambda_max())
+    assert evaluate(_rank_excess(prob, _optimum(prob)), "<=", 0).passed
+
+
+def test_theorem31_fails_on_a_non_unique_full_rank_optimum():
+    # the check "the certified optimum satisfies r(r+1)/2 <= KN" relies on a unique optimum; on a degenerate G
+    # the optimum found is full rank and the same check fails, while the reduction restores the bound
+    prob = _degenerate_problem()
+    delta = _optimum(prob)
+    assert lb.numerical_rank(delta[0], rtol=1e-7) == 8
+    assert not evaluate(_rank_excess(prob, delta), "<=", 0).passed
+    red, _ = ntk.reduce_rank(prob, delta, rtol=1e-7)
+    assert evaluate(_rank_excess(prob, red), "<=", 0).passed
+    assert evaluate(abs(float(prob.objective(red) - prob.objective(delta))), "<=", 1e-9).passed
+
+
+def _spurious_setting(rank, n_init=6, seed=0):
+    """K = 2, N = 6, 8x8, lambda = 0.1 lambda_max (threshold rank 5): max relative gap of LoRA GD ends."""
+    gen = torch.Generator().manual_seed(seed)
+    base = ntk.synthetic_problem(6, 2, 8, 8, 0.0, generator=gen)
+    prob = ntk.LinearisedProblem(base.G, base.f0, base.y, 0.1 * base.lambda_max())
+    F_star = ntk.proximal_gradient(prob, 100_000, tol=1e-10).cert.primal
+    B0, A0, rk = ntk.lora_init(prob.shape, [rank], n_init, init_std=0.3, zero_B=False, generator=gen)
+    run = ntk.lora_gd(prob, B0, A0, rk, 3_000, 0.5)
+    return float(((run.objective - F_star) / F_star).max())
+
+
+def test_theorem41_above_threshold_passes():
+    assert ntk.rank_threshold(2, 6) == 5
+    assert evaluate(_spurious_setting(5), "<=", GAP_TOL).passed
+
+
+def test_theorem41_fails_below_threshold():
+    # r = 1 (r(r+1)/2 = 1 <= KN = 12): rank-constrained runs end at spurious minima above F*
+    assert not evaluate(_spurious_setting(1), "<=", GAP_TOL).passed

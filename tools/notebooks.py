@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECK = "nbval-check-output"
 MAX_WIDTH = 95  # characters of code the HTML theme shows without a horizontal scroll bar
 # scripts whose code is still being brought within MAX_WIDTH (the width check skips them until they are)
-WIDTH_PENDING = {
-    "chapters/02_ntk_landscape/01_landscape.py",
-    "chapters/02_ntk_landscape/02_low_rank_solutions.py",
-    "chapters/02_ntk_landscape/03_no_spurious_minima.py",
-    "chapters/02_ntk_landscape/04_minilm.py",
-}
+WIDTH_PENDING: set[str] = set()
 
 
 def scripts() -> list[Path]:

@@ -49,7 +49,7 @@ lam = 0.2
 prob0 = ntk.LinearisedProblem(G, torch.zeros(1, 1), y, 0.0)
 prob = ntk.LinearisedProblem(G, torch.zeros(1, 1), y, lam)
 opt = ntk.proximal_gradient(prob, 2_000, tol=1e-12)
-F_star = opt.cert.primal                                    # = λ(1 − λ/2) for this problem
+F_star = opt.cert.primal  # = λ(1 − λ/2) for this problem
 
 grid = np.linspace(-0.6, 1.6, 221)
 a, b = np.meshgrid(grid, grid)
@@ -59,24 +59,47 @@ surf = prob.objective(D).numpy().reshape(a.shape)
 
 n_init = scale.pick(quick=8, default=40, paper=200)
 torch_gen, _ = lb.seed_everything(6)
-B0, A0, rk = ntk.lora_init(prob.shape, [1], n_init, init_std=0.8, zero_B=False, generator=torch_gen)
+B0, A0, rk = ntk.lora_init(
+    prob.shape, [1], n_init, init_std=0.8, zero_B=False, generator=torch_gen
+)
 runs = ntk.lora_gd(prob, B0, A0, rk, scale.pick(quick=1_500, default=3_000, paper=5_000), 0.1)
 ends = runs.delta[:, 0]
 gaps = ((runs.objective - F_star) / F_star).numpy()
 
 # %%
 fig, ax = plotting.subplots(2, width=4.4)
-for axi, z, title in [(ax[0], surf0, r"(a) $\lambda = 0$"), (ax[1], surf, rf"(b) $\lambda = {lam}$")]:
+for axi, z, title in [
+    (ax[0], surf0, r"(a) $\lambda = 0$"),
+    (ax[1], surf, rf"(b) $\lambda = {lam}$"),
+]:
     cs = axi.contourf(a, b, np.log10(z - z.min() + 1e-3), levels=20, cmap="Greys_r")
-    axi.set(xlabel="$a = \\delta_{11}$", ylabel="$b = \\delta_{22}$", title=title, aspect="equal")
+    axi.set(
+        xlabel="$a = \\delta_{11}$", ylabel="$b = \\delta_{22}$", title=title, aspect="equal"
+    )
 ax[0].plot(grid, 1 - grid, color=plotting.COLORS["full"], label="global minima ($a+b=1$)")
-ax[0].plot([0, 1], [1, 0], "o", color=plotting.COLORS["lora"], label="rank-1 global minima ($c = 0$)")
-ax[1].plot([0, 1 - lam], [1 - lam, 0], color=plotting.COLORS["full"], lw=3, label="global minima (PSD, trace $1-\\lambda$)")
-ax[1].scatter(ends[:, 0, 0], ends[:, 1, 1], s=14, color=plotting.COLORS["lora"], zorder=3,
-              label=f"rank-1 LoRA ends ({n_init} starts)")
+ax[0].plot(
+    [0, 1], [1, 0], "o", color=plotting.COLORS["lora"], label="rank-1 global minima ($c = 0$)"
+)
+ax[1].plot(
+    [0, 1 - lam],
+    [1 - lam, 0],
+    color=plotting.COLORS["full"],
+    lw=3,
+    label="global minima (PSD, trace $1-\\lambda$)",
+)
+ax[1].scatter(
+    ends[:, 0, 0],
+    ends[:, 1, 1],
+    s=14,
+    color=plotting.COLORS["lora"],
+    zorder=3,
+    label=f"rank-1 LoRA ends ({n_init} starts)",
+)
 for axi in ax:
     axi.legend(fontsize=7, loc="upper right")
-fig.suptitle("Our toy analog of the paper's Figure 1 (slice c = 0 of 2×2 updates; grey: log objective)")
+fig.suptitle(
+    "Our toy analog of the paper's Figure 1 (slice c = 0 of 2×2 updates; grey: log objective)"
+)
 fig.tight_layout()
 
 # %% [markdown]
@@ -86,14 +109,33 @@ fig.tight_layout()
 # the slice does not show).
 
 # %% tags=["nbval-check-output"]
-# Tolerances: every quantity below reaches rounding level (≈1e-16) at `quick`; we hold the optimum's value to
-# 1e-12 (it is solved to a relative duality gap of 1e-12) and the LoRA ends' gap, trace and smallest eigenvalue
+# Tolerances: every quantity below reaches rounding level (≈1e-16) at `quick`; we hold the
+# optimum's value to
+# 1e-12 (it is solved to a relative duality gap of 1e-12) and the LoRA ends' gap, trace and
+# smallest eigenvalue
 # to 1e-8, which leaves room for the slower starts of the larger scales.
 eig_min = float(torch.linalg.eigvalsh(0.5 * (ends + ends.transpose(-1, -2))).min())
 trace_err = float((ends.diagonal(dim1=-2, dim2=-1).sum(-1) - (1 - lam)).abs().max())
-lb.claim("the certified optimum equals lambda(1 - lambda/2)", abs(F_star - lam * (1 - lam / 2)), "<=", 1e-12,
-         kind="sanity", F=F_star)
-lb.claim("every rank-1 LoRA run reaches the global minimum (relative gap)", float(gaps.max()), "<=", 1e-8,
-         kind="sanity")
+lb.claim(
+    "the certified optimum equals lambda(1 - lambda/2)",
+    abs(F_star - lam * (1 - lam / 2)),
+    "<=",
+    1e-12,
+    kind="sanity",
+    F=F_star,
+)
+lb.claim(
+    "every rank-1 LoRA run reaches the global minimum (relative gap)",
+    float(gaps.max()),
+    "<=",
+    1e-8,
+    kind="sanity",
+)
 lb.claim("every LoRA end has trace 1 - lambda", trace_err, "<=", 1e-8, kind="sanity")
-lb.claim("every LoRA end is PSD (smallest eigenvalue of its symmetric part)", eig_min, ">=", -1e-8, kind="sanity")
+lb.claim(
+    "every LoRA end is PSD (smallest eigenvalue of its symmetric part)",
+    eig_min,
+    ">=",
+    -1e-8,
+    kind="sanity",
+)

@@ -64,7 +64,7 @@ N = scale.pick(quick=6, default=10, paper=32)
 m = n = scale.pick(quick=8, default=12, paper=24)
 n_init = scale.pick(quick=4, default=20, paper=50)
 steps = scale.pick(quick=3_000, default=6_000, paper=20_000)
-GAP_TOL = scale.pick(quick=1e-5, default=1e-5, paper=1e-6)   # "reached the optimum" (ours)
+GAP_TOL = scale.pick(quick=1e-5, default=1e-5, paper=1e-6)  # "reached the optimum" (ours)
 LR, INIT_STD, LAM_FRAC = 0.5, 0.3, 0.1
 
 torch_gen, _ = lb.seed_everything(4)
@@ -74,52 +74,111 @@ opt = ntk.proximal_gradient(prob, 100_000, tol=1e-10)
 F_star, rank_star = opt.cert.primal, lb.numerical_rank(opt.delta[0], rtol=1e-7)
 r_th = ntk.rank_threshold(K, N)
 ranks = list(range(1, r_th + 3))
-print(f"KN = {K * N}, threshold r = {r_th}, rank of the convex optimum = {rank_star}, "
-      f"relative duality gap = {opt.cert.rel_gap:.1e}")
+print(
+    f"KN = {K * N}, threshold r = {r_th}, rank of the convex optimum = {rank_star}, "
+    f"relative duality gap = {opt.cert.rel_gap:.1e}"
+)
 
 # %%
-B0, A0, rk = ntk.lora_init(prob.shape, ranks, n_init, init_std=INIT_STD, zero_B=False, generator=torch_gen)
-run = ntk.lora_gd(prob, B0, A0, rk, steps, LR, record_every=50, progress="LoRA GD (ranks × inits)")
+B0, A0, rk = ntk.lora_init(
+    prob.shape, ranks, n_init, init_std=INIT_STD, zero_B=False, generator=torch_gen
+)
+run = ntk.lora_gd(
+    prob, B0, A0, rk, steps, LR, record_every=50, progress="LoRA GD (ranks × inits)"
+)
 gap = ((run.objective - F_star) / F_star).numpy().reshape(len(ranks), n_init)
 reached = (gap < GAP_TOL).mean(1)
-# runs that share a rank but end at different values would be distinct local minima (or unfinished runs)
-spread = (gap.max(1) - gap.min(1))
+# runs that share a rank but end at different values would be distinct local minima (or
+# unfinished runs)
+spread = gap.max(1) - gap.min(1)
 
 # %% [markdown]
 # The ε-perturbed objective at the threshold rank, fresh random $\mathbf P$ per initialisation:
 
 # %%
-eps_list = scale.pick(quick=[1e-2, 1e-1], default=[1e-3, 1e-2, 1e-1, 3e-1], paper=[1e-4, 1e-3, 1e-2, 1e-1, 3e-1])
+eps_list = scale.pick(
+    quick=[1e-2, 1e-1], default=[1e-3, 1e-2, 1e-1, 3e-1], paper=[1e-4, 1e-3, 1e-2, 1e-1, 3e-1]
+)
 n_pert = scale.pick(quick=3, default=8, paper=20)
-Bp, Ap, rkp = ntk.lora_init(prob.shape, [r_th] * len(eps_list), n_pert, init_std=INIT_STD, zero_B=False,
-                            generator=torch_gen)
+Bp, Ap, rkp = ntk.lora_init(
+    prob.shape,
+    [r_th] * len(eps_list),
+    n_pert,
+    init_std=INIT_STD,
+    zero_B=False,
+    generator=torch_gen,
+)
 Pm = torch.cat([ntk.random_psd(m + n, e, n_pert, generator=torch_gen) for e in eps_list])
 pert = ntk.lora_gd(prob, Bp, Ap, rkp, steps, LR, perturbation=Pm, progress="perturbed LoRA GD")
 excess = (pert.objective - F_star).numpy().reshape(len(eps_list), n_pert)
-dist = (pert.delta - opt.delta).flatten(1).norm(dim=1).numpy().reshape(len(eps_list), n_pert) / opt.delta.norm().item()
+dist = (pert.delta - opt.delta).flatten(1).norm(dim=1).numpy().reshape(
+    len(eps_list), n_pert
+) / opt.delta.norm().item()
 cor_bound = np.array(eps_list) * float(prob.nuclear(opt.delta))
 
 # %%
 fig, ax = plotting.subplots(3, width=4.3)
-ax[0].plot(ranks, reached, "o-", color=plotting.COLORS["lora"], label=f"LoRA GD, {n_init} random inits")
+ax[0].plot(
+    ranks,
+    reached,
+    "o-",
+    color=plotting.COLORS["lora"],
+    label=f"LoRA GD, {n_init} random inits",
+)
 plotting.mark_threshold(ax[0], r_th, label=r"threshold: smallest $r$ with $r(r+1)/2 > KN$")
-ax[0].axvline(rank_star, color=plotting.COLORS["full"], linestyle=":", label=r"rank of convex optimum $\delta^\star$")
-ax[0].set(xlabel="LoRA rank $r$", ylabel="fraction reaching the optimum", title="reaching the global minimum",
-          ylim=(-0.05, 1.05))
+ax[0].axvline(
+    rank_star,
+    color=plotting.COLORS["full"],
+    linestyle=":",
+    label=r"rank of convex optimum $\delta^\star$",
+)
+ax[0].set(
+    xlabel="LoRA rank $r$",
+    ylabel="fraction reaching the optimum",
+    title="reaching the global minimum",
+    ylim=(-0.05, 1.05),
+)
 ax[0].legend(loc="center right", fontsize=7)
 for j, r in enumerate(ranks):
-    ax[1].scatter(np.full(n_init, r) + np.linspace(-0.2, 0.2, n_init), np.maximum(gap[j], 1e-12), s=8,
-                  color=plotting.COLORS["lora"], label="one initialisation" if j == 0 else None)
+    ax[1].scatter(
+        np.full(n_init, r) + np.linspace(-0.2, 0.2, n_init),
+        np.maximum(gap[j], 1e-12),
+        s=8,
+        color=plotting.COLORS["lora"],
+        label="one initialisation" if j == 0 else None,
+    )
 ax[1].axhline(GAP_TOL, color=plotting.COLORS["theory"], linestyle="--", label="tolerance")
 plotting.mark_threshold(ax[1], r_th, label="threshold")
-ax[1].set(yscale="log", xlabel="LoRA rank $r$", ylabel=r"$(F - F^\star)/F^\star$ after GD", title="final gap per run")
+ax[1].set(
+    yscale="log",
+    xlabel="LoRA rank $r$",
+    ylabel=r"$(F - F^\star)/F^\star$ after GD",
+    title="final gap per run",
+)
 ax[1].legend(fontsize=7)
-plotting.band(ax[2], eps_list, excess.T, label=r"excess $F(Z_\varepsilon) - F^\star$", color=plotting.COLORS["lora"])
-plotting.band(ax[2], eps_list, dist.T, label=r"$\|\delta_\varepsilon-\delta^\star\|_F/\|\delta^\star\|_F$",
-              color=plotting.COLORS["other"], marker="s")
+plotting.band(
+    ax[2],
+    eps_list,
+    excess.T,
+    label=r"excess $F(Z_\varepsilon) - F^\star$",
+    color=plotting.COLORS["lora"],
+)
+plotting.band(
+    ax[2],
+    eps_list,
+    dist.T,
+    label=r"$\|\delta_\varepsilon-\delta^\star\|_F/\|\delta^\star\|_F$",
+    color=plotting.COLORS["other"],
+    marker="s",
+)
 ax[2].plot(eps_list, cor_bound, "k--", label=r"bound $\varepsilon\|\delta^\star\|_*$")
-ax[2].set(xscale="log", yscale="log", xlabel=r"perturbation size $\varepsilon = \|\mathbf{P}\|_F$", ylabel="value",
-          title=f"ε-perturbed loss at r = {r_th}")
+ax[2].set(
+    xscale="log",
+    yscale="log",
+    xlabel=r"perturbation size $\varepsilon = \|\mathbf{P}\|_F$",
+    ylabel="value",
+    title=f"ε-perturbed loss at r = {r_th}",
+)
 ax[2].legend(fontsize=7)
 fig.suptitle(f"Theorem 4.1: N = {N}, K = {K}, {m}×{n} update, λ = {LAM_FRAC}·λ_max")
 fig.tight_layout()
@@ -139,25 +198,64 @@ for j, (r, f, g_min, s) in enumerate(zip(ranks, reached, gap.min(1), spread)):
     ends = np.sort(gap[j])
     n_values = 1 + int((np.diff(ends) > 1e-3 * np.maximum(ends[1:], 1e-12) + GAP_TOL).sum())
     note = "  (below rank δ*: cannot reach F*)" if r < rank_star else ""
-    print(f"r = {r:2d}: reached {f:4.0%}, best gap {g_min:.1e}, spread {s:.1e}, "
-          f"distinct end values {n_values}{note}")
+    print(
+        f"r = {r:2d}: reached {f:4.0%}, best gap {g_min:.1e}, spread {s:.1e}, "
+        f"distinct end values {n_values}{note}"
+    )
 
 # %% tags=["nbval-check-output"]
-# Tolerances: "reached" is the scale's relative gap GAP_TOL (what gradient descent reaches in its step budget);
-# the dual bound and the Corollary 4.2 bound are held to rounding (1e-9 relative, 1e-6 of the bound).
+# Tolerances: "reached" is the scale's relative gap GAP_TOL (what gradient descent reaches in
+# its step budget);
+# the dual bound and the Corollary 4.2 bound are held to rounding (1e-9 relative, 1e-6 of the
+# bound).
 above = [j for j, r in enumerate(ranks) if r >= r_th]
-lb.claim("every initialisation with r(r+1)/2 > KN reaches the certified optimum (largest relative gap)",
-         float(gap[above].max()), "<=", GAP_TOL, kind="theorem", label="Jang et al., Theorem 4.1",
-         control=("test_controls_ch2.py::test_theorem41_fails_below_threshold",
-                  "test_controls_ch2.py::test_theorem41_above_threshold_passes"))
-lb.claim("no LoRA run goes below the certified dual bound (smallest (F - dual)/F*)",
-         float(((run.objective - opt.cert.dual) / abs(F_star)).min()), ">=", -1e-9, kind="sanity")
+lb.claim(
+    "every initialisation with r(r+1)/2 > KN reaches the certified optimum (largest relative "
+    "gap)",
+    float(gap[above].max()),
+    "<=",
+    GAP_TOL,
+    kind="theorem",
+    label="Jang et al., Theorem 4.1",
+    control=(
+        "test_controls_ch2.py::test_theorem41_fails_below_threshold",
+        "test_controls_ch2.py::test_theorem41_above_threshold_passes",
+    ),
+)
+lb.claim(
+    "no LoRA run goes below the certified dual bound (smallest (F - dual)/F*)",
+    float(((run.objective - opt.cert.dual) / abs(F_star)).min()),
+    ">=",
+    -1e-9,
+    kind="sanity",
+)
 if rank_star > 1:
-    lb.claim("ranks below rank(delta*) stay above the optimum (smallest relative gap)",
-             float(gap[: rank_star - 1].min()), ">", GAP_TOL, kind="sanity")
-lb.claim("perturbed runs are within eps * ||delta*||_* of the optimum (largest excess / bound)",
-         float((excess / cor_bound[:, None]).max()), "<=", 1 + 1e-6, kind="sanity")
-lb.claim("perturbed runs are not below the optimum (smallest excess / F*)", float(excess.min() / F_star), ">=",
-         -1e-9, kind="sanity")
-lb.claim("the perturbed solution approaches delta* as eps shrinks (median distance, smallest/largest eps)",
-         float(np.median(dist[0]) / np.median(dist[-1])), "<", 1, kind="sanity")
+    lb.claim(
+        "ranks below rank(delta*) stay above the optimum (smallest relative gap)",
+        float(gap[: rank_star - 1].min()),
+        ">",
+        GAP_TOL,
+        kind="sanity",
+    )
+lb.claim(
+    "perturbed runs are within eps * ||delta*||_* of the optimum (largest excess / bound)",
+    float((excess / cor_bound[:, None]).max()),
+    "<=",
+    1 + 1e-6,
+    kind="sanity",
+)
+lb.claim(
+    "perturbed runs are not below the optimum (smallest excess / F*)",
+    float(excess.min() / F_star),
+    ">=",
+    -1e-9,
+    kind="sanity",
+)
+lb.claim(
+    "the perturbed solution approaches delta* as eps shrinks (median distance, "
+    "smallest/largest eps)",
+    float(np.median(dist[0]) / np.median(dist[-1])),
+    "<",
+    1,
+    kind="sanity",
+)

@@ -63,41 +63,71 @@ def embed(cfg):
 
 
 (h_tr, m_tr), (h_te, m_te) = cached_sweep(
-    "ntk_minilm_hidden", [{"part": p, "n_test": n_test, "seed": 0, "layer": LAYER, "v": 1} for p in ("train", "test")],
-    embed)
+    "ntk_minilm_hidden",
+    [
+        {"part": p, "n_test": n_test, "seed": 0, "layer": LAYER, "v": 1}
+        for p in ("train", "test")
+    ],
+    embed,
+)
 y_tr = torch.tensor(split["train_labels"], dtype=DT)
 y_te = torch.tensor(split["test_labels"], dtype=DT)
 head = ntk.MiniLMHead(LAYER)
 f0, G = ntk.per_example_jacobian(head, ntk.QV_NAMES, (h_tr, m_tr), dtype=DT)
 base = ntk.LinearisedProblem(G, f0, y_tr, 0.0, "logistic")
 prob = ntk.LinearisedProblem(G, f0, y_tr, LAM_FRAC * base.lambda_max(), "logistic")
-print(f"G: {tuple(G.shape)}, {G.numel() * G.element_size() / 2**20:.0f} MiB; λ = {prob.lam:.3g}; "
-      f"threshold rank = {ntk.rank_threshold(1, 2 * N_PER_CLASS)}")
+print(
+    f"G: {tuple(G.shape)}, {G.numel() * G.element_size() / 2**20:.0f} MiB; λ = "
+    f"{prob.lam:.3g}; "
+    f"threshold rank = {ntk.rank_threshold(1, 2 * N_PER_CLASS)}"
+)
 
 # %%
-full = ntk.proximal_gradient(prob, full_steps, lr=32 / prob.lipschitz(), backtrack=True, record_every=1,
-                             progress="full fine-tuning (FISTA)")
+full = ntk.proximal_gradient(
+    prob,
+    full_steps,
+    lr=32 / prob.lipschitz(),
+    backtrack=True,
+    record_every=1,
+    progress="full fine-tuning (FISTA)",
+)
 torch_gen, _ = lb.seed_everything(5)
-B, A, rk = ntk.lora_init(prob.shape, RANKS, 1, init_std=384 ** -0.5, zero_B=True, generator=torch_gen, dtype=DT)
+B, A, rk = ntk.lora_init(
+    prob.shape, RANKS, 1, init_std=384**-0.5, zero_B=True, generator=torch_gen, dtype=DT
+)
 mask = (torch.arange(max(RANKS))[None] < rk[:, None]).to(DT)[:, None, None]
 A_start = A.clone()
 
 
 def lora_objective(B_, A_):
-    """L̂(BAᵀ) + λ/2(‖A‖² + ‖B‖²) per slice; its gradient is Adam's (weight decay inside the loss)."""
-    return prob.data_loss(B_ @ A_.transpose(-1, -2)) + 0.5 * prob.lam * (A_.square().sum((1, 2, 3))
-                                                                        + B_.square().sum((1, 2, 3)))
+    """L̂(BAᵀ) + λ/2(‖A‖² + ‖B‖²) per slice; its gradient is Adam's (weight decay in the loss)."""
+    return prob.data_loss(B_ @ A_.transpose(-1, -2)) + 0.5 * prob.lam * (
+        A_.square().sum((1, 2, 3)) + B_.square().sum((1, 2, 3))
+    )
 
 
-lora_hist = batched_adam([B, A], lambda step: lora_objective(B * mask, A * mask), lora_steps, LORA_LR,
-                         record_every=1, progress="LoRA ranks (linearised)")
+lora_hist = batched_adam(
+    [B, A],
+    lambda step: lora_objective(B * mask, A * mask),
+    lora_steps,
+    LORA_LR,
+    record_every=1,
+    progress="LoRA ranks (linearised)",
+)
 with torch.no_grad():
     B, A = B * mask, A * mask
     lora_obj = lora_objective(B, A)
-# certify: FISTA warm-started at the best LoRA point; its duality gap bounds the distance to the optimum
+# certify: FISTA warm-started at the best LoRA point; its duality gap bounds the distance to
+# the optimum
 best = int(lora_obj.argmin())
-cert = ntk.proximal_gradient(prob, cert_steps, lr=32 / prob.lipschitz(), backtrack=True,
-                             delta0=(B[best] @ A[best].transpose(-1, -2)), progress="certificate (warm FISTA)")
+cert = ntk.proximal_gradient(
+    prob,
+    cert_steps,
+    lr=32 / prob.lipschitz(),
+    backtrack=True,
+    delta0=(B[best] @ A[best].transpose(-1, -2)),
+    progress="certificate (warm FISTA)",
+)
 F_full = cert.cert.primal
 rel_gap_lora = ((lora_obj - F_full) / F_full).numpy()
 
@@ -108,38 +138,76 @@ rel_gap_lora = ((lora_obj - F_full) / F_full).numpy()
 # %%
 r_cmp = 8
 j = RANKS.index(r_cmp)
-actual_delta, _ = ntk.train_actual_lora(head, ntk.QV_NAMES, (h_tr, m_tr), y_tr, r_cmp, actual_steps, LORA_LR, prob.lam,
-                                        A0=A_start[j, :, :, :r_cmp], progress="LoRA rank 8 (real model)")
+actual_delta, _ = ntk.train_actual_lora(
+    head,
+    ntk.QV_NAMES,
+    (h_tr, m_tr),
+    y_tr,
+    r_cmp,
+    actual_steps,
+    LORA_LR,
+    prob.lam,
+    A0=A_start[j, :, :, :r_cmp],
+    progress="LoRA rank 8 (real model)",
+)
 B8 = torch.zeros(1, *prob.shape[:2], r_cmp, dtype=DT)
-A8 = A_start[j:j + 1, :, :, :r_cmp].clone()
+A8 = A_start[j : j + 1, :, :, :r_cmp].clone()
 batched_adam([B8, A8], lambda step: lora_objective(B8, A8), actual_steps, LORA_LR)
 lin8_delta = (B8 @ A8.transpose(-1, -2)).detach()[0]
 
 preds = {}
-f0_te, preds["linearised full FT"] = ntk.linearised_predict(head, ntk.QV_NAMES, cert.delta, (h_te, m_te))
+f0_te, preds["linearised full FT"] = ntk.linearised_predict(
+    head, ntk.QV_NAMES, cert.delta, (h_te, m_te)
+)
 preds["zero-shot"] = f0_te
-_, preds[f"linearised LoRA r={r_cmp}"] = ntk.linearised_predict(head, ntk.QV_NAMES, lin8_delta, (h_te, m_te))
-preds[f"real LoRA r={r_cmp}"] = ntk.predict_with_delta(head, ntk.QV_NAMES, actual_delta, (h_te, m_te))
+_, preds[f"linearised LoRA r={r_cmp}"] = ntk.linearised_predict(
+    head, ntk.QV_NAMES, lin8_delta, (h_te, m_te)
+)
+preds[f"real LoRA r={r_cmp}"] = ntk.predict_with_delta(
+    head, ntk.QV_NAMES, actual_delta, (h_te, m_te)
+)
 acc = {k: float(((v[:, 0] > 0).to(DT) == y_te).float().mean()) for k, v in preds.items()}
-agree = float(((preds[f"real LoRA r={r_cmp}"] > 0) == (preds[f"linearised LoRA r={r_cmp}"] > 0)).float().mean())
+agree = float(
+    ((preds[f"real LoRA r={r_cmp}"] > 0) == (preds[f"linearised LoRA r={r_cmp}"] > 0))
+    .float()
+    .mean()
+)
 
 # %%
 fig, ax = plotting.subplots(2, width=5.0)
 steps_full = np.arange(len(full.history))
-ax[0].plot(steps_full, full.history.numpy(), color=plotting.COLORS["full"], label="full FT (FISTA)")
+ax[0].plot(
+    steps_full, full.history.numpy(), color=plotting.COLORS["full"], label="full FT (FISTA)"
+)
 cmap = plotting.plt.get_cmap("Oranges")
 for i, r in enumerate(RANKS):
-    ax[0].plot(np.arange(lora_hist.shape[0]) + 1, lora_hist[:, i].numpy(), color=cmap(0.35 + 0.6 * i / len(RANKS)),
-               label=f"LoRA r={r}")
-ax[0].axhline(F_full, color=plotting.COLORS["theory"], linestyle="--", label="certified optimum")
-ax[0].set(xscale="log", xlabel="step", ylabel=r"objective $\hat L + \lambda\,$reg.", title="linearised MiniLM, 32 snippets")
+    ax[0].plot(
+        np.arange(lora_hist.shape[0]) + 1,
+        lora_hist[:, i].numpy(),
+        color=cmap(0.35 + 0.6 * i / len(RANKS)),
+        label=f"LoRA r={r}",
+    )
+ax[0].axhline(
+    F_full, color=plotting.COLORS["theory"], linestyle="--", label="certified optimum"
+)
+ax[0].set(
+    xscale="log",
+    xlabel="step",
+    ylabel=r"objective $\hat L + \lambda\,$reg.",
+    title="linearised MiniLM, 32 snippets",
+)
 ax[0].legend(fontsize=7)
 names = list(acc)
-ax[1].bar(range(len(names)), [acc[k] for k in names],
-          color=[plotting.COLORS[c] for c in ("full", "theory", "lora", "other")])
+ax[1].bar(
+    range(len(names)),
+    [acc[k] for k in names],
+    color=[plotting.COLORS[c] for c in ("full", "theory", "lora", "other")],
+)
 ax[1].set_xticks(range(len(names)), [k.replace(" ", "\n", 1) for k in names], fontsize=7)
 ax[1].axhline(0.5, color="k", linestyle=":", label="chance")
-ax[1].set(ylim=(0.4, 1.0), ylabel=f"test accuracy ({n_test} snippets)", title="held-out accuracy")
+ax[1].set(
+    ylim=(0.4, 1.0), ylabel=f"test accuracy ({n_test} snippets)", title="held-out accuracy"
+)
 ax[1].legend()
 fig.tight_layout()
 
@@ -159,9 +227,15 @@ fig.tight_layout()
 # approximation is reasonable for this last-layer adaptation.
 
 # %% tags=["nbval-ignore-output"]
-print(f"full FT from zero after {full_steps} steps: objective {full.cert.primal:.4f} (gap {full.cert.rel_gap:.1e})")
-print(f"certified optimum: objective {F_full:.4f}, relative duality gap {cert.cert.rel_gap:.1e}, "
-      f"ranks of (δ_Q, δ_V) = {[lb.numerical_rank(d, rtol=1e-5) for d in cert.delta]}")
+print(
+    f"full FT from zero after {full_steps} steps: objective {full.cert.primal:.4f} (gap "
+    f"{full.cert.rel_gap:.1e})"
+)
+print(
+    f"certified optimum: objective {F_full:.4f}, relative duality gap "
+    f"{cert.cert.rel_gap:.1e}, "
+    f"ranks of (δ_Q, δ_V) = {[lb.numerical_rank(d, rtol=1e-5) for d in cert.delta]}"
+)
 for r, g in zip(RANKS, rel_gap_lora):
     print(f"LoRA r={r:2d}: objective {(1 + g) * F_full:.4f} (relative to full FT {g:+.1e})")
 for k, v in acc.items():
@@ -169,18 +243,39 @@ for k, v in acc.items():
 print(f"real vs linearised LoRA r={r_cmp}: same label on {agree:.1%} of test snippets")
 
 # %% tags=["nbval-check-output"]
-# Honest kinds: the optimum of this problem has rank at most 1 (printed above), so every LoRA rank can reach it and
-# the threshold r(r+1)/2 > KN is not what is tested here: these are checks of our solver, not of Theorem 4.1.
+# Honest kinds: the optimum of this problem has rank at most 1 (printed above), so every LoRA
+# rank can reach it and
+# the threshold r(r+1)/2 > KN is not what is tested here: these are checks of our solver, not
+# of Theorem 4.1.
 TOL_OBJ = scale.pick(quick=0.5, default=0.1, paper=0.02)
-lb.claim("the full fine-tuning optimum is certified (relative duality gap)", cert.cert.rel_gap, "<=",
-         scale.pick(quick=0.5, default=0.01, paper=1e-4), kind="sanity")
-lb.claim("LoRA at rank >= 8 reaches the full fine-tuning objective (largest |relative gap|)",
-         float(np.abs(rel_gap_lora[[i for i, r in enumerate(RANKS) if r >= 8]]).max()), "<=", TOL_OBJ,
-         kind="sanity")
-lb.claim("no LoRA objective is below the certified dual bound (smallest (F - dual)/|dual|)",
-         float(((lora_obj.numpy() - cert.cert.dual) / abs(cert.cert.dual)).min()), ">=", -1e-4, kind="sanity")
-lb.claim("linearised and real LoRA agree on most test labels (fraction)", agree, ">=",
-         scale.pick(quick=0.7, default=0.85, paper=0.9), kind="sanity")
+lb.claim(
+    "the full fine-tuning optimum is certified (relative duality gap)",
+    cert.cert.rel_gap,
+    "<=",
+    scale.pick(quick=0.5, default=0.01, paper=1e-4),
+    kind="sanity",
+)
+lb.claim(
+    "LoRA at rank >= 8 reaches the full fine-tuning objective (largest |relative gap|)",
+    float(np.abs(rel_gap_lora[[i for i, r in enumerate(RANKS) if r >= 8]]).max()),
+    "<=",
+    TOL_OBJ,
+    kind="sanity",
+)
+lb.claim(
+    "no LoRA objective is below the certified dual bound (smallest (F - dual)/|dual|)",
+    float(((lora_obj.numpy() - cert.cert.dual) / abs(cert.cert.dual)).min()),
+    ">=",
+    -1e-4,
+    kind="sanity",
+)
+lb.claim(
+    "linearised and real LoRA agree on most test labels (fraction)",
+    agree,
+    ">=",
+    scale.pick(quick=0.7, default=0.85, paper=0.9),
+    kind="sanity",
+)
 
 # %% [markdown]
 # (ntk-generalisation)=
@@ -203,21 +298,40 @@ lb.claim("linearised and real LoRA agree on most test labels (fraction)", agree,
 
 # %%
 radius = float(prob.nuclear(cert.delta))
-rad = ntk.rademacher_bound(G, radius, n_draws=scale.pick(quick=4, default=20, paper=200), generator=torch_gen)
+rad = ntk.rademacher_bound(
+    G, radius, n_draws=scale.pick(quick=4, default=20, paper=200), generator=torch_gen
+)
 g_max = float(G.flatten(3).norm(dim=-1).max())
 loss_range = float(np.log1p(np.exp(float(f0.abs().max()) + radius * g_max)))
-bounds = {k: ntk.generalisation_bound(v, 1.0, loss_range, 2 * N_PER_CLASS, 0.05) for k, v in rad.items()}
+bounds = {
+    k: ntk.generalisation_bound(v, 1.0, loss_range, 2 * N_PER_CLASS, 0.05)
+    for k, v in rad.items()
+}
 train_loss = float(prob.data_loss(cert.delta))
-test_loss = float(ntk.per_example_loss(preds["linearised full FT"], y_te[:, None], "logistic").mean())
+test_loss = float(
+    ntk.per_example_loss(preds["linearised full FT"], y_te[:, None], "logistic").mean()
+)
 gen_gap = test_loss - train_loss
 
 fig, ax = plotting.subplots(1, width=5.5)
-labels = ["measured\ntest − train loss", "bound\n(Monte-Carlo $\\mathfrak{R}$)", "bound\n(Lemma C.4)"]
+labels = [
+    "measured\ntest − train loss",
+    "bound\n(Monte-Carlo $\\mathfrak{R}$)",
+    "bound\n(Lemma C.4)",
+]
 vals = [max(gen_gap, 1e-3), bounds["empirical"], bounds["lemma"]]
-ax.bar(range(3), vals, color=[plotting.COLORS["lora"], plotting.COLORS["theory"], plotting.COLORS["full"]],
-       label="value (log scale)")
+ax.bar(
+    range(3),
+    vals,
+    color=[plotting.COLORS["lora"], plotting.COLORS["theory"], plotting.COLORS["full"]],
+    label="value (log scale)",
+)
 ax.set_xticks(range(3), labels)
-ax.set(yscale="log", ylabel="logistic loss gap", title=f"Lemma C.5 for the certified solution (N = {2 * N_PER_CLASS})")
+ax.set(
+    yscale="log",
+    ylabel="logistic loss gap",
+    title=f"Lemma C.5 for the certified solution (N = {2 * N_PER_CLASS})",
+)
 ax.legend()
 
 # %% [markdown]
@@ -227,14 +341,30 @@ ax.legend()
 # point of the perturbed, regularised loss) is not checked here.
 
 # %% tags=["nbval-ignore-output"]
-print(f"M = {radius:.3g}, Rademacher: Monte-Carlo {rad['empirical']:.3g}, Lemma C.4 {rad['lemma']:.3g}; "
-      f"loss range b = {loss_range:.3g}")
-print(f"train loss {train_loss:.3f}, test loss {test_loss:.3f}, gap {gen_gap:.3f}; "
-      f"bounds {bounds['empirical']:.3g} (Monte-Carlo), {bounds['lemma']:.3g} (Lemma C.4)")
+print(
+    f"M = {radius:.3g}, Rademacher: Monte-Carlo {rad['empirical']:.3g}, Lemma C.4 "
+    f"{rad['lemma']:.3g}; "
+    f"loss range b = {loss_range:.3g}"
+)
+print(
+    f"train loss {train_loss:.3f}, test loss {test_loss:.3f}, gap {gen_gap:.3f}; "
+    f"bounds {bounds['empirical']:.3g} (Monte-Carlo), {bounds['lemma']:.3g} (Lemma C.4)"
+)
 
 # %% tags=["nbval-check-output"]
-lb.claim("the Monte-Carlo Rademacher estimate is below Lemma C.4's closed form (ratio)",
-         rad["empirical"] / rad["lemma"], "<=", 1 + 1e-9, kind="sanity")
-# the bound is vacuous at this N: it exceeds the loss range b, the largest gap any predictor of the ball can have
-lb.claim("the Rademacher bound is vacuous at this N (bound / loss range b)", bounds["empirical"] / loss_range,
-         ">=", 1, kind="sanity")
+lb.claim(
+    "the Monte-Carlo Rademacher estimate is below Lemma C.4's closed form (ratio)",
+    rad["empirical"] / rad["lemma"],
+    "<=",
+    1 + 1e-9,
+    kind="sanity",
+)
+# the bound is vacuous at this N: it exceeds the loss range b, the largest gap any predictor of
+# the ball can have
+lb.claim(
+    "the Rademacher bound is vacuous at this N (bound / loss range b)",
+    bounds["empirical"] / loss_range,
+    ">=",
+    1,
+    kind="sanity",
+)

@@ -100,7 +100,7 @@ A_start = A.clone()
 
 
 def lora_objective(B_, A_):
-    """L̂(BAᵀ) + λ/2(‖A‖² + ‖B‖²) per slice; its gradient is Adam's (weight decay in the loss)."""
+    """L̂(BAᵀ) + λ/2(‖A‖² + ‖B‖²) per slice; its gradient is Adam's (decay in the loss)."""
     return prob.data_loss(B_ @ A_.transpose(-1, -2)) + 0.5 * prob.lam * (
         A_.square().sum((1, 2, 3)) + B_.square().sum((1, 2, 3))
     )

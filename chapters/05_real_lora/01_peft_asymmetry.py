@@ -113,7 +113,7 @@ def stat(N, m, split, key):
 
 
 params = ", ".join(f"{m} {runs[(N_big, m, 0)]['params']}" for m in MODES)
-print(f"{len(seeds)} seeds; rank 4 on query, value of 6 layers; trainable parameters: {params}")
+print(f"{len(seeds)} seeds; rank 4 on query, value of 6 layers; trainable: {params}")
 print("  N mode | test bal. acc. (mean ± sd) | minus zero-shot | test loss (mean ± sd) "
       "| zero-shot loss")
 for N in Ns:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -119,7 +120,9 @@ def peft_minilm(rank: int, targets: Sequence[str] = ("query", "value"), mode: st
         raise ValueError(f"seed must be an integer, got {seed!r}")
     base = copy.deepcopy(load_minilm()[1])
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), lora_dropout=0.0, bias="none")
-    model = get_peft_model(base, config)
+    with warnings.catch_warnings():  # transformers' deprecation notices raised inside peft, not ours to fix
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(base, config)
     init_factors(model, mode, torch.Generator().manual_seed(int(seed)))
     set_mode(model, mode)
     return model.eval()

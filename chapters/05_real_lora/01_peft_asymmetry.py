@@ -140,16 +140,31 @@ ax[0].legend(fontsize=7)
 fig.tight_layout()
 
 # %% [markdown]
-# The printed table is the result at the scale this page was built with; the values are means and
-# standard deviations over seeds. At `quick` (8 snippets per class, 4 steps, two seeds — a CI run) the
-# adapters hardly move from the zero-shot head, so the second check below is then only a pipeline check
-# (fine-tuning stays within 0.1 of the zero-shot balanced accuracy), and the statement says so.
+# The printed table is the result at the scale this page was built with (means and standard deviations
+# over seeds). What we measured at `default` (rank 4, 12 steps of 16 snippets, 3 seeds, 200 test
+# snippets; zero-shot balanced accuracy 0.734 at $N = 64$ and 0.784 at $N = 256$ on the two splits):
+#
+# * **Every mode lowers the test loss** below the zero-shot head's: at $N = 256$ from 0.506 to 0.482–0.485
+#   (standard deviations 0.001–0.011), at $N = 64$ from 0.539 to 0.505–0.514.
+# * **No mode beats the zero-shot balanced accuracy** by more than its spread over seeds: at $N = 256$ the
+#   differences are $-0.009$ (both), $-0.022$ (B), $-0.012$ (A) with standard deviations 0.016–0.032; at
+#   $N = 64$ they are between $-0.019$ and $+0.010$ with standard deviations up to 0.047. Within 12 steps
+#   the adapters sharpen the head's confidence on snippets it already classifies (lower loss) more than
+#   they move snippets across the decision boundary; the zero-shot head is a strong start. Longer training
+#   (the `paper` scale: 200 steps, up to 1,024 snippets per class) is where a gain in accuracy would have
+#   to show; it is not reached within our CPU budget.
+# * The three modes are within one standard deviation of each other at both $N$; this run does not
+#   separate them.
+#
+# At `quick` (8 snippets per class, 4 steps, two seeds — a CI run) the adapters hardly move, so the
+# last check is then only a pipeline check and says so.
 #
 # The first check compares the untrained `peft` model with the zero-shot head of {py:mod}`lorabook.data`.
 # With $\Delta W = 0$ the two differ only in padding (per batch here, to 64 tokens there), which changes
 # the float32 rounding of attention and pooling; the tolerance, $10^{-4}$ on logits of size up to
 # $1/0.05 = 20$, is a few times the rounding we measured. A wrong initialisation (a non-zero
-# trained factor) or a missing head would move the logits by orders of magnitude more.
+# trained factor) or a missing head would move the logits by orders of magnitude more. The other checks
+# use the seeds' spread: a gain in balanced accuracy counts only when it exceeds two standard deviations.
 
 # %% tags=["nbval-check-output"]
 untrained = real.peft_minilm(common["rank"], tuple(common["targets"]), "B", seed=0)
@@ -171,8 +186,16 @@ if scale.name == "quick":
         abs(gain), "<=", 0.1, kind="sanity", best=best, gain=gain,
     )
 else:
+    loss_m, _ = stat(N_big, best, "test", "loss")
     lb.claim(
-        "fine-tuning (best mode on dev) beats the zero-shot balanced accuracy on test, mean "
-        "over seeds, at the largest N",
-        gain, ">", 0.0, kind="sanity", best=best, zero_shot=zero[N_big]["bacc"],
+        "fine-tuning (best mode on dev) lowers the test cross-entropy below the zero-shot head's, "
+        "mean over seeds, at the largest N",
+        zero[N_big]["loss"] - loss_m, ">", 0.0, kind="sanity", best=best,
+        zero_shot=zero[N_big]["loss"],
+    )
+    acc_m, acc_sd = stat(N_big, best, "test", "bacc")
+    lb.claim(
+        "within this step budget, the test balanced accuracy of the best mode on dev at the "
+        "largest N is within two seed standard deviations of the zero-shot head's (no gain)",
+        abs(gain) / acc_sd, "<=", 2.0, kind="sanity", best=best, gain=gain, sd=acc_sd,
     )

@@ -188,8 +188,8 @@ if scale.name == "quick":
 else:
     loss_m, _ = stat(N_big, best, "test", "loss")
     lb.claim(
-        "fine-tuning (best mode on dev) lowers the test cross-entropy below the zero-shot head's, "
-        "mean over seeds, at the largest N",
+        "fine-tuning (best mode on dev) lowers the test cross-entropy below the zero-shot "
+        "head's, mean over seeds, at the largest N",
         zero[N_big]["loss"] - loss_m, ">", 0.0, kind="sanity", best=best,
         zero_shot=zero[N_big]["loss"],
     )

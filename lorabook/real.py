@@ -1,0 +1,276 @@
+"""Real LoRA with ``peft``: MiniLM adapted by the library LoRA users actually use.
+
+:func:`peft_minilm` wraps a copy of all-MiniLM-L6-v2 with ``peft``'s ``LoraConfig`` on the attention projections
+of every layer, in the three training modes of :mod:`lorabook.lora` (both factors, A only, B only), initialised as
+the book's :class:`lorabook.lora.LoRALinear` is. :func:`load_lora_into_peft` copies the factors of a ``LoRALinear``
+onto a ``peft`` layer, so the two implementations can be compared on the same weights and factors.
+:func:`embed` and :func:`head_logits` put the zero-shot cosine head of :mod:`lorabook.data` on top, and
+:func:`peft_run` is one training run of the chapter "Real LoRA with peft" (cached by
+:func:`lorabook.train.cached_sweep`).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .lora import MODES, LoRALinear
+
+#: Linear layers of a MiniLM (BERT) layer that can carry an adapter.
+TARGETS = ("query", "key", "value", "dense")
+
+
+def _check_rank(rank: Any, upper: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise ValueError(f"rank must be an integer, got {type(rank).__name__}")
+    if not 1 <= rank <= upper:
+        raise ValueError(f"rank={rank} is out of range: it must lie in [1, {upper}]")
+    return int(rank)
+
+
+def _check_mode(mode: Any) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not a training mode; allowed: {', '.join(MODES)}")
+    return mode
+
+
+def _lora_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``peft`` LoRA layers of ``model`` (modules with ``lora_A``/``lora_B`` dicts and a ``base_layer``)."""
+    return [(n, m) for n, m in model.named_modules()
+            if hasattr(m, "lora_A") and hasattr(m, "lora_B") and hasattr(m, "base_layer")]
+
+
+def set_mode(model: nn.Module, mode: str, adapter: str = "default") -> None:
+    """Make only the factor(s) of ``mode`` trainable in every ``peft`` LoRA layer of ``model``.
+
+    ``"both"``: ``lora_A`` and ``lora_B``; ``"A"``: ``lora_A`` only (``lora_B`` frozen); ``"B"``: ``lora_B`` only
+    (``lora_A`` frozen). Every other parameter is frozen.
+    """
+    _check_mode(mode)
+    layers = _lora_modules(model)
+    if not layers:
+        raise ValueError("model has no peft LoRA layer")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, m in layers:
+        m.lora_A[adapter].weight.requires_grad_(mode in ("both", "A"))
+        m.lora_B[adapter].weight.requires_grad_(mode in ("both", "B"))
+
+
+@torch.no_grad()
+def init_factors(model: nn.Module, mode: str, generator: torch.Generator, adapter: str = "default") -> None:
+    """Initialise every ``peft`` LoRA layer of ``model`` as :class:`lorabook.lora.LoRALinear` does.
+
+    For a layer ``d_in → d_out`` at rank ``r``: modes ``"both"`` and ``"B"`` draw ``A ~ N(0, 1/d_in)``
+    (``(r, d_in)``) and set ``B = 0`` (``(d_out, r)``); mode ``"A"`` sets ``A = 0`` and draws ``B ~ N(0, 1/r)``.
+    So ``ΔW = 0`` and the adapted model starts as the pretrained one. Draws use ``generator`` (CPU), layer by
+    layer in module order.
+    """
+    _check_mode(mode)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    layers = _lora_modules(model)
+    if not layers:
+        raise ValueError("model has no peft LoRA layer")
+    for _, m in layers:
+        A, B = m.lora_A[adapter].weight, m.lora_B[adapter].weight
+        r, d_in = A.shape
+        if mode == "A":
+            A.zero_()
+            B.copy_(torch.randn(B.shape, generator=generator, dtype=B.dtype) / math.sqrt(r))
+        else:
+            A.copy_(torch.randn(A.shape, generator=generator, dtype=A.dtype) / math.sqrt(d_in))
+            B.zero_()
+
+
+def peft_minilm(rank: int, targets: Sequence[str] = ("query", "value"), mode: str = "both", seed: int = 0):
+    """A ``peft``-wrapped copy of MiniLM with rank-``rank`` LoRA on ``targets`` of every layer.
+
+    Parameters
+    ----------
+    rank : LoRA rank ``r``, an integer in ``[1, 384]``.
+    targets : names of the linear layers to adapt in each of the 6 layers, among :data:`TARGETS`
+        (``"dense"`` matches the attention output and the feed-forward output layers).
+    mode : ``"both"`` (train A and B), ``"A"`` (B frozen random, A trained from 0) or ``"B"`` (A frozen random,
+        B trained from 0); see :func:`init_factors` and :func:`set_mode`.
+    seed : seed of the random factor.
+
+    Returns
+    -------
+    ``peft.PeftModel`` around a deep copy of the shared MiniLM (the shared model is untouched), scaling
+    ``alpha / r = 1``, no dropout, float32, in eval mode. Call it as the ``transformers`` model:
+    ``model(input_ids=(B, T), attention_mask=(B, T)).last_hidden_state`` is ``(B, T, 384)``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from .data import load_minilm
+
+    rank = _check_rank(rank, 384)
+    _check_mode(mode)
+    targets = tuple(targets) if not isinstance(targets, str) else (targets,)
+    if not targets or not set(targets) <= set(TARGETS) or len(set(targets)) != len(targets):
+        raise ValueError(f"targets must be distinct names among {TARGETS}, got {targets!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    base = copy.deepcopy(load_minilm()[1])
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), lora_dropout=0.0, bias="none")
+    with warnings.catch_warnings():  # transformers' deprecation notices raised inside peft, not ours to fix
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(base, config)
+    init_factors(model, mode, torch.Generator().manual_seed(int(seed)))
+    set_mode(model, mode)
+    return model.eval()
+
+
+@torch.no_grad()
+def load_lora_into_peft(lora: LoRALinear, layer: nn.Module, adapter: str = "default") -> nn.Module:
+    """Copy the factors, scaling and training mode of a book :class:`~lorabook.lora.LoRALinear` onto a ``peft``
+    LoRA layer, so that both compute the same function ``x ↦ W0 x + b + s·B A x``.
+
+    Parameters
+    ----------
+    lora : the book's layer, ``A`` ``(r, d_in)``, ``B`` ``(d_out, r)``, scaling ``s``.
+    layer : a ``peft`` ``lora.Linear`` at the same rank whose ``base_layer`` has the same weight
+        ``(d_out, d_in)`` and bias as ``lora.base`` (checked exactly).
+    adapter : the ``peft`` adapter name.
+
+    Returns
+    -------
+    ``layer``, with ``lora_A[adapter].weight = A``, ``lora_B[adapter].weight = B``, ``scaling[adapter] = s`` and
+    ``requires_grad`` of the two factors as in ``lora`` (A trained in modes both/A, B in both/B).
+    """
+    if not isinstance(lora, LoRALinear):
+        raise ValueError(f"lora must be a LoRALinear, got {type(lora).__name__}")
+    if not all(hasattr(layer, a) for a in ("lora_A", "lora_B", "base_layer", "scaling")):
+        raise ValueError(f"layer must be a peft LoRA layer, got {type(layer).__name__}")
+    if adapter not in layer.lora_A:
+        raise ValueError(f"layer has no adapter {adapter!r}; it has {sorted(layer.lora_A.keys())}")
+    base, pA, pB = layer.base_layer, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    if base.weight.shape != lora.base.weight.shape or not torch.equal(base.weight, lora.base.weight):
+        raise ValueError("the peft layer's base weight differs from the LoRALinear's frozen weight")
+    if (base.bias is None) != (lora.base.bias is None) or (
+            base.bias is not None and not torch.equal(base.bias, lora.base.bias)):
+        raise ValueError("the peft layer's base bias differs from the LoRALinear's bias")
+    if pA.shape != lora.A.shape or pB.shape != lora.B.shape:
+        raise ValueError(f"rank differs: peft factors A {tuple(pA.shape)}, B {tuple(pB.shape)}; LoRALinear "
+                         f"A {tuple(lora.A.shape)}, B {tuple(lora.B.shape)}")
+    pA.copy_(lora.A)
+    pB.copy_(lora.B)
+    layer.scaling[adapter] = lora.scaling
+    pA.requires_grad_(lora.A.requires_grad)
+    pB.requires_grad_(lora.B.requires_grad)
+    return layer
+
+
+def embed(model: nn.Module, texts: Sequence[str], *, max_length: int = 64, batch_size: int = 64,
+          grad: bool = False) -> torch.Tensor:
+    """Mean-pooled MiniLM embeddings of ``texts``, padded per batch (dynamic padding): ``n texts -> (n, 384)``.
+
+    ``model`` is MiniLM or a ``peft`` wrapper of it. With ``grad=False`` (default) no graph is kept.
+    """
+    from .data import load_minilm, mean_pool
+
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a non-empty list of strings")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    tok = load_minilm()[0]
+    texts = list(texts)
+    # without gradients, batch texts of similar length together (less padding), then restore the order
+    order = np.argsort([len(t) for t in texts], kind="stable") if not grad else np.arange(len(texts))
+    out = []
+    with torch.set_grad_enabled(grad):
+        for i in range(0, len(texts), batch_size):
+            b = tok([texts[j] for j in order[i:i + batch_size]], padding=True, truncation=True,
+                    max_length=max_length, return_tensors="pt")
+            h = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+            out.append(mean_pool(h, b["attention_mask"]))
+    emb = torch.cat(out)
+    return emb[torch.as_tensor(np.argsort(order))]
+
+
+def head_logits(model: nn.Module, texts: Sequence[str], directions: torch.Tensor, temperature: float = 0.05,
+                **kw: Any) -> torch.Tensor:
+    """Zero-shot cosine head on the model's embeddings: ``n texts, (K, 384) -> (n, K)`` logits
+    ``cos(e, d_k) / temperature`` (:func:`lorabook.data.zero_shot_logits`). ``kw`` goes to :func:`embed`."""
+    from .data import zero_shot_logits
+
+    return zero_shot_logits(embed(model, texts, **kw), directions, temperature)
+
+
+def _evaluate(model: nn.Module, texts: Sequence[str], labels: np.ndarray, dirs: torch.Tensor,
+              temperature: float) -> dict:
+    from .data import balanced_accuracy
+
+    logits = head_logits(model, texts, dirs, temperature)
+    y = torch.as_tensor(labels)
+    return {"bacc": balanced_accuracy(logits, y),
+            "loss": float(nn.functional.cross_entropy(logits, y)),
+            "logits": logits.numpy()}
+
+
+def peft_run(config: dict) -> dict:
+    """One real-LoRA training run: ``peft`` MiniLM + zero-shot cosine head, cross-entropy, Adam.
+
+    ``config`` keys: ``classes`` (tuple of class names), ``n_train`` (snippets per class), ``n_dev`` (per class),
+    ``n_test``, ``split_seed``, ``rank``, ``targets``, ``mode``, ``lr``, ``steps``, ``batch_size``, ``seed``
+    (factor draw and batch order), ``temperature``, ``max_length``.
+
+    Returns
+    -------
+    dict with ``dev`` and ``test``: ``bacc`` (balanced accuracy) and ``loss`` (cross-entropy) after training,
+    ``params`` (trainable parameters) and ``seconds`` (wall time of the run). The untrained model is the
+    zero-shot head (``ΔW = 0``), so its numbers are computed once, outside the runs.
+    """
+    from tqdm import tqdm
+
+    from .data import class_directions, rotten_tomatoes_splits, zero_shot_logits
+
+    required = ("classes", "n_train", "n_dev", "n_test", "split_seed", "rank", "targets", "mode", "lr", "steps",
+                "batch_size", "seed", "temperature", "max_length")
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise ValueError(f"config lacks {missing}")
+    if not (isinstance(config["lr"], (int, float)) and math.isfinite(config["lr"]) and config["lr"] > 0):
+        raise ValueError(f"lr must be a positive finite number, got {config['lr']!r}")
+    t0 = time.perf_counter()
+    data = rotten_tomatoes_splits(tuple(config["classes"]), n_train_per_class=config["n_train"],
+                                  n_dev_per_class=config["n_dev"], n_test=config["n_test"],
+                                  seed=config["split_seed"])
+    dirs = class_directions(tuple(config["classes"]))
+    T = config["temperature"]
+    model = peft_minilm(config["rank"], tuple(config["targets"]), config["mode"], config["seed"])
+    ev = lambda split: _evaluate(model, data[f"{split}_texts"], data[f"{split}_labels"], dirs, T)  # noqa: E731
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config["lr"])
+    rng = np.random.default_rng(config["seed"])
+    texts, labels = data["train_texts"], torch.as_tensor(data["train_labels"])
+    n, bs = len(texts), min(config["batch_size"], len(texts))
+    order = rng.permutation(n)
+    pos = 0
+    model.eval()  # MiniLM's dropout off: the run is deterministic given the seed
+    for _ in tqdm(range(config["steps"]), desc=f"{config['mode']} N={config['n_train']}", leave=False):
+        if pos + bs > n:
+            order, pos = rng.permutation(n), 0
+        idx = order[pos:pos + bs]
+        pos += bs
+        emb = embed(model, [texts[i] for i in idx], max_length=config["max_length"], batch_size=bs, grad=True)
+        loss = nn.functional.cross_entropy(zero_shot_logits(emb, dirs, T), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = {s: ev(s) for s in ("dev", "test")}
+    return {
+        "dev": {k: out["dev"][k] for k in ("bacc", "loss")},
+        "test": {k: out["test"][k] for k in ("bacc", "loss")},
+        "params": int(sum(p.numel() for p in params)),
+        "seconds": time.perf_counter() - t0,
+    }

@@ -1,0 +1,148 @@
+"""The book's LoRALinear and peft's LoRA layer compute the same function on the same factors."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lorabook.lora import MODES, LoRALinear
+from lorabook.real import init_factors, load_lora_into_peft, set_mode
+
+peft = pytest.importorskip("peft")
+
+
+class Tiny(nn.Module):
+    def __init__(self, d_in=7, d_out=5):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def pair(mode, rank=3, seed=0):
+    """A book LoRALinear and a peft-wrapped copy of the same base layer, factors copied across."""
+    torch.manual_seed(seed)
+    base = nn.Linear(7, 5).double()
+    g = torch.Generator().manual_seed(seed)
+    book = LoRALinear(copy.deepcopy(base), rank, train=mode, generator=g)
+    with torch.no_grad():  # non-zero factors in every mode, so both products matter
+        book.A.add_(0.3 * torch.randn(book.A.shape, generator=g, dtype=book.A.dtype))
+        book.B.add_(0.3 * torch.randn(book.B.shape, generator=g, dtype=book.B.dtype))
+    tiny = Tiny().double()
+    tiny.proj = copy.deepcopy(base)
+    cfg = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=["proj"], lora_dropout=0.0)
+    model = peft.get_peft_model(tiny, cfg)
+    layer = model.base_model.model.proj
+    set_mode(model, mode)
+    load_lora_into_peft(book, layer)
+    return book, model, layer
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_same_outputs_and_gradients_only_to_trained_factor(mode):
+    book, model, layer = pair(mode)
+    x = torch.randn(4, 2, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y_book, y_peft = book(x), model(x)
+    assert torch.allclose(y_book, y_peft, rtol=0, atol=1e-12)
+    # and the update is not zero, so the comparison tests the LoRA path
+    assert (y_book - book.base(x)).abs().max() > 1e-3
+    w = torch.randn(y_book.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (y_book * w).sum().backward()
+    (y_peft * w).sum().backward()
+    pA, pB = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    trained = {"both": ("A", "B"), "A": ("A",), "B": ("B",)}[mode]
+    for name, bp, pp in (("A", book.A, pA), ("B", book.B, pB)):
+        if name in trained:
+            assert pp.requires_grad and pp.grad is not None and bp.grad is not None
+            assert torch.allclose(bp.grad, pp.grad, rtol=0, atol=1e-12)
+        else:
+            assert not pp.requires_grad and pp.grad is None and bp.grad is None
+    assert layer.base_layer.weight.grad is None and layer.base_layer.bias.grad is None
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert len(trainable) == len(trained)
+
+
+def test_float32_agreement_with_scaling():
+    torch.manual_seed(0)
+    base = nn.Linear(7, 5).float()
+    book = LoRALinear(copy.deepcopy(base), 2, train="B", alpha=4.0, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        book.B.normal_()
+    tiny = Tiny().float()
+    tiny.proj = copy.deepcopy(base)
+    model = peft.get_peft_model(tiny, peft.LoraConfig(r=2, lora_alpha=2, target_modules=["proj"]))
+    layer = load_lora_into_peft(book, model.base_model.model.proj)
+    assert layer.scaling["default"] == book.scaling == 2.0
+    x = torch.randn(10, 7, dtype=torch.float32)
+    assert torch.allclose(book(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_init_factors_start_at_the_pretrained_layer():
+    for mode in MODES:
+        tiny = Tiny().float()
+        model = peft.get_peft_model(tiny, peft.LoraConfig(r=2, lora_alpha=2, target_modules=["proj"]))
+        init_factors(model, mode, torch.Generator().manual_seed(0))
+        layer = model.base_model.model.proj
+        A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert torch.count_nonzero(B @ A) == 0
+        random = B if mode == "A" else A
+        assert torch.count_nonzero(random) == random.numel()
+        x = torch.randn(3, 7, dtype=torch.float32)
+        assert torch.equal(model(x), layer.base_layer(x))
+
+
+def test_minilm_attention_layer_matches():
+    """One attention projection of the real MiniLM: peft on MiniLM's query weights equals LoRALinear."""
+    from lorabook.real import peft_minilm
+
+    model = peft_minilm(2, ("query",), "B", seed=0)
+    layer = model.base_model.model.encoder.layer[0].attention.self.query
+    book = LoRALinear(copy.deepcopy(layer.base_layer), 2, train="B", generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        book.B.normal_(0, 0.01)
+    load_lora_into_peft(book, layer)
+    x = torch.randn(2, 9, 384, generator=torch.Generator().manual_seed(4), dtype=torch.float32)
+    assert torch.allclose(book(x), layer(x), rtol=0, atol=1e-5)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) == 6 and all("lora_B" in n for n in trainable)
+
+
+def test_validation():
+    from lorabook.real import embed, peft_minilm, peft_run
+
+    book, model, layer = pair("both")
+    with pytest.raises(ValueError, match="LoRALinear"):
+        load_lora_into_peft(nn.Linear(7, 5), layer)
+    with pytest.raises(ValueError, match="peft LoRA layer"):
+        load_lora_into_peft(book, nn.Linear(7, 5))
+    with pytest.raises(ValueError, match="adapter"):
+        load_lora_into_peft(book, layer, adapter="other")
+    other = LoRALinear(nn.Linear(7, 5).double(), 3)
+    with pytest.raises(ValueError, match="base weight"):
+        load_lora_into_peft(other, layer)
+    wrong_rank = LoRALinear(copy.deepcopy(layer.base_layer), 2)
+    with pytest.raises(ValueError, match="rank differs"):
+        load_lora_into_peft(wrong_rank, layer)
+    with pytest.raises(ValueError, match="mode"):
+        set_mode(model, "C")
+    with pytest.raises(ValueError, match="no peft LoRA layer"):
+        set_mode(Tiny(), "A")
+    with pytest.raises(ValueError, match="generator"):
+        init_factors(model, "A", 0)
+    with pytest.raises(ValueError, match="rank"):
+        peft_minilm(0)
+    with pytest.raises(ValueError, match="rank"):
+        peft_minilm(2.0)
+    with pytest.raises(ValueError, match="mode"):
+        peft_minilm(2, mode="AB")
+    with pytest.raises(ValueError, match="targets"):
+        peft_minilm(2, targets=("query", "nope"))
+    with pytest.raises(ValueError, match="seed"):
+        peft_minilm(2, seed=None)
+    with pytest.raises(ValueError, match="texts"):
+        embed(Tiny(), [])
+    with pytest.raises(ValueError, match="max_length"):
+        embed(Tiny(), ["a"], max_length=1)
+    with pytest.raises(ValueError, match="lacks"):
+        peft_run({"mode": "A"})

@@ -126,6 +126,11 @@ def control_exists(control: str) -> bool:
     return re.search(rf"^\s*def {re.escape(name)}\(", path.read_text(), flags=re.M) is not None
 
 
+def _json_safe(record: dict) -> dict:
+    """The record with non-finite floats (an infinite margin) written as strings, which JSON can carry."""
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
 def _emit(line: str, record: dict) -> None:
     try:
         from IPython import get_ipython
@@ -136,7 +141,7 @@ def _emit(line: str, record: dict) -> None:
     if shell is not None and getattr(shell, "kernel", None) is not None:
         from IPython.display import display
 
-        display({"text/plain": line}, raw=True, metadata={"lorabook": {"claim": record}})
+        display({"text/plain": line}, raw=True, metadata={"lorabook": {"claim": _json_safe(record)}})
     else:
         print(line)
 

@@ -22,7 +22,10 @@ def claims_in_notebook(nb: Any) -> list[dict]:
         for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
             record = output.get("metadata", {}).get("lorabook", {}).get("claim")
             if record is not None:
-                out.append(dict(record))
+                record = dict(record)
+                if record.get("margin") in ("inf", "-inf"):  # written as text by the kernel (JSON has no inf)
+                    record["margin"] = float(record["margin"])
+                out.append(record)
     return out
 
 

@@ -70,3 +70,15 @@ def test_markdown_table_links_escapes_and_formats():
     assert row.startswith("| {doc}`/chapters/01_x/02_y` | theorem | P, Lemma 1 | a \\| b | 0.001 | ≤ 0.1 | +2.0 |")
     assert ledger.markdown_table([rec], link=False).splitlines()[2].startswith("| Sec |")
     assert ledger.fmt_margin(math.inf) == "∞" and ledger.fmt_margin(None) == "—" and ledger.fmt_margin(-0.04) == "-0.0"
+
+
+def test_infinite_margin_travels_through_notebook_json():
+    import json
+
+    from lorabook.checks import _json_safe
+    from lorabook.ledger import claims_in_notebook
+
+    rec = _json_safe({"statement": "s", "margin": float("inf"), "measured": 0.0})
+    text = json.dumps(rec, allow_nan=False)       # what the kernel must be able to send
+    nb = {"cells": [{"cell_type": "code", "outputs": [{"metadata": {"lorabook": {"claim": json.loads(text)}}}]}]}
+    assert claims_in_notebook(nb)[0]["margin"] == float("inf")

@@ -19,8 +19,10 @@ import torch
 
 from .checks import check_positive_int
 
+#: The corpus' three categories and the phrase of each in the zero-shot head of :func:`zero_shot_logits`.
+CLASS_PHRASES = {"fresh": "a great movie", "rotten": "a terrible movie", "plot": "the plot of a movie"}
 #: Label phrases of the zero-shot head: label 1 (fresh) ↔ first phrase, label 0 (rotten) ↔ second.
-LABEL_PHRASES = ("a great movie", "a terrible movie")
+LABEL_PHRASES = (CLASS_PHRASES["fresh"], CLASS_PHRASES["rotten"])
 
 
 def _package_dir(name: str) -> Path:
@@ -40,13 +42,9 @@ def rotten_tomatoes_path() -> Path:
 
 @lru_cache(maxsize=1)
 def _rotten_tomatoes() -> tuple[tuple[str, ...], np.ndarray]:
-    import pandas as pd
-
-    df = pd.read_csv(rotten_tomatoes_path())
-    df = df[df["category"].isin(["fresh", "rotten"])]
-    texts = tuple(str(t) for t in df["text"])
-    labels = (df["category"] == "fresh").to_numpy(dtype=np.int64)
-    return texts, labels
+    texts, cats = _rotten_tomatoes_all()
+    keep = np.isin(cats, ["fresh", "rotten"])
+    return tuple(t for t, k in zip(texts, keep) if k), (cats[keep] == "fresh").astype(np.int64)
 
 
 def load_rotten_tomatoes() -> tuple[list[str], np.ndarray]:
@@ -85,10 +83,6 @@ def rotten_tomatoes_split(n_train_per_class: int, n_test: int, seed: int) -> dic
         "train_texts": [texts[i] for i in train], "train_labels": labels[train],
         "test_texts": [texts[i] for i in test], "test_labels": labels[test],
     }
-
-
-#: The corpus' three categories and the phrase of each in the zero-shot head of :func:`zero_shot_logits`.
-CLASS_PHRASES = {"fresh": "a great movie", "rotten": "a terrible movie", "plot": "the plot of a movie"}
 
 
 @lru_cache(maxsize=1)
@@ -256,12 +250,9 @@ def run_layers(hidden: torch.Tensor, mask: torch.Tensor, start: int, model=None)
     return mean_pool(hidden, mask)
 
 
-@torch.no_grad()
 def label_directions() -> torch.Tensor:
-    """Unit sentence embeddings of :data:`LABEL_PHRASES`: ``(2, 384)``."""
-    h, m = hidden_before_layer(list(LABEL_PHRASES), 6)
-    e = mean_pool(h, m)
-    return e / e.norm(dim=1, keepdim=True)
+    """Unit sentence embeddings of :data:`LABEL_PHRASES`: ``(2, 384)`` (:func:`class_directions` of fresh, rotten)."""
+    return class_directions(("fresh", "rotten"))
 
 
 @torch.no_grad()

@@ -25,7 +25,8 @@ def _notebook(path: Path, code: str) -> None:
 
 
 def _build(book: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1",
+               LORABOOK_BUILD_JOBS="2")
     out = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", "-W", "-n", "--keep-going",
                           str(book)], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -60,7 +61,10 @@ def book(tmp_path_factory):
 
 
 def test_editing_a_module_reexecutes_exactly_its_notebooks(book):
-    _build(book)
+    log = _build(book)
+    # both notebooks ran in the parallel workers, and myst-nb found them in the cache instead of running them again
+    assert "executing 2 notebook(s) in 2 processes" in log
+    assert log.count("Using cached notebook") == 2 and "Executing notebook" not in log
     assert "value 0.33" in _html_text(book, "uses_checks") and "marker 0" in _html_text(book, "uses_bounds")
 
     checks = book / "lorabook" / "checks.py"
@@ -97,3 +101,14 @@ def test_dependency_hash_follows_package_imports(tmp_path):
     assert lorabook_build.dependency_hash("import lorabook as lb", pkg) == h_top
     (pkg / "a.py").write_text("def f(): return 4\n")
     assert lorabook_build.dependency_hash("import lorabook as lb", pkg) != h_top
+
+
+def test_build_jobs_reads_one_variable(monkeypatch):
+    monkeypatch.setenv("LORABOOK_BUILD_JOBS", "3")
+    assert lorabook_build.build_jobs() == 3
+    monkeypatch.delenv("LORABOOK_BUILD_JOBS")
+    assert lorabook_build.build_jobs() >= 1
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv("LORABOOK_BUILD_JOBS", bad)
+        with pytest.raises(ValueError, match="LORABOOK_BUILD_JOBS"):
+            lorabook_build.build_jobs()

@@ -6,13 +6,22 @@
   successful build is kept in ``_build/.lorabook_deps.json``.
 * **Generated pages** (status, claims ledger, errata) read the execution cache: they are re-read on every build and
   read last, after every notebook has been executed.
+* **Parallel execution.** myst-nb executes the notebooks one after another, each kernel mostly on one core. Before
+  the pages are read, the notebooks that the cache does not hold are executed here in ``LORABOOK_BUILD_JOBS``
+  worker processes (default: one per core; ``1`` turns this off), each kernel limited to its share of the cores, and
+  stored in the cache exactly as myst-nb stores them; myst-nb then finds every notebook cached. A notebook that fails
+  here is not cached, so myst-nb executes it again and reports the error as it always does.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
 import json
+import multiprocessing
+import os
 import re
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from sphinx.util import logging
@@ -138,6 +147,84 @@ def _read_generated_last(app, env, docnames):
     for d in last:
         docnames.remove(d)
     docnames.extend(last)
+    _execute_in_parallel(app, env, docnames)
+
+
+def build_jobs() -> int:
+    """Worker processes for notebook execution: ``LORABOOK_BUILD_JOBS``, else the number of cores."""
+    raw = os.environ.get("LORABOOK_BUILD_JOBS", "")
+    if raw.strip():
+        try:
+            jobs = int(raw)
+        except ValueError:
+            raise ValueError(f"LORABOOK_BUILD_JOBS must be a positive integer, got {raw!r}") from None
+        if jobs < 1:
+            raise ValueError(f"LORABOOK_BUILD_JOBS must be a positive integer, got {raw!r}")
+        return jobs
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _execute_one(path: str, timeout, allow_errors: bool, threads: int):
+    """Worker: execute one notebook in its own folder; returns (notebook, seconds, traceback or None)."""
+    import nbformat
+    from jupyter_cache.executors.utils import single_nb_execution
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the kernel inherits this environment
+        os.environ[var] = str(threads)
+    nb = nbformat.read(path, as_version=4)
+    result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=timeout, allow_errors=allow_errors,
+                                 meta_override=True)
+    return nb, result.time, (result.exc_string if result.err is not None else None)
+
+
+def _execute_in_parallel(app, env, docnames) -> None:
+    config = getattr(env, "mystnb_config", None)
+    if config is None or config.execution_mode != "cache" or config.execution_in_temp:
+        return
+    jobs = build_jobs()
+    if jobs < 2:
+        return
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    cache = get_cache(cache_path(app))
+    todo = []
+    for doc in docnames:
+        path = Path(env.doc2path(doc))
+        if doc in GENERATED or path.suffix != ".ipynb" or any(path.match(p) for p in config.execution_excludepatterns):
+            continue
+        try:
+            cache.match_cache_notebook(nbformat.read(path, as_version=4))
+        except KeyError:
+            todo.append(path)
+    if len(todo) < 2:
+        return
+    # the later chapters hold the longer real-model runs: start them first so the workers finish together
+    todo.reverse()
+    workers = min(jobs, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    LOG.info(f"[lorabook] executing {len(todo)} notebook(s) in {workers} processes ({threads} thread(s) each)")
+    start, done = time.perf_counter(), 0
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {pool.submit(_execute_one, str(p), config.execution_timeout, config.execution_allow_errors,
+                               threads): p for p in todo}
+        for future in as_completed(futures):
+            path, done = futures[future], done + 1
+            rel = path.relative_to(Path(app.srcdir))
+            try:
+                nb, seconds, error = future.result()
+            except Exception as exc:  # a worker that died: myst-nb executes the notebook itself
+                LOG.info(f"[lorabook] ({done}/{len(todo)}) {rel}: worker failed ({exc!r}); myst-nb will retry")
+                continue
+            if error is not None:
+                LOG.info(f"[lorabook] ({done}/{len(todo)}) {rel}: failed; myst-nb will execute it and report")
+                continue
+            stage = cache.add_nb_to_project(str(path))
+            cache.cache_notebook_bundle(CacheBundleIn(nb, stage.uri, data={"execution_seconds": seconds}),
+                                        check_validity=False, overwrite=True)
+            LOG.info(f"[lorabook] ({done}/{len(todo)}) {rel}: {seconds:.1f} s "
+                     f"(elapsed {time.perf_counter() - start:.0f} s)")
 
 
 def _save_state(app, exception):

@@ -1497,3 +1497,44 @@ def close_in_rank(target_w: torch.Tensor, frozen_w: torch.Tensor, partition: Seq
             goal = torch.linalg.solve(before.T, goal.T).T
         out[g[-1]] = goal
     return out
+
+
+def construction_curve(target_w: torch.Tensor, target_b: torch.Tensor, frozen_w: torch.Tensor,
+                       frozen_b: torch.Tensor, ranks: Sequence[int], input_radius: float,
+                       xs: Sequence[torch.Tensor], *, partition: Sequence[Sequence[int]] | None = None
+                       ) -> torch.Tensor:
+    """Relative test error of the construction at each rank, on each input set: MSE / frozen model's MSE.
+
+    The construction is :func:`fnn_construction` (uniform partition) or, with ``partition``,
+    :func:`partition_construction`, certified on the ball of radius ``input_radius``.
+
+    Parameters
+    ----------
+    target_w (L̄, D, D), target_b (L̄, D), frozen_w (L, D, D), frozen_b (L, D) : one float64 instance.
+    ranks : ranks in ``[1, D]``; xs : input sets, each (n, D).
+
+    Returns
+    -------
+    (len(ranks), len(xs)) float64 tensor.
+    """
+    if target_w.dim() != 3 or frozen_w.dim() != 3 or frozen_b.shape != frozen_w.shape[:2]:
+        raise ValueError("need target_w (L̄, D, D), target_b (L̄, D), frozen_w (L, D, D), frozen_b (L, D)")
+    xs = list(xs)
+    if not xs or any(not isinstance(x, torch.Tensor) or x.dim() != 2 for x in xs):
+        raise ValueError("xs must be a non-empty list of (n, D) input sets")
+    ys = [fnn_forward(x, target_w, target_b) for x in xs]
+    zero = [(fnn_forward(x, frozen_w, frozen_b) - y).square().sum(-1).mean() for x, y in zip(xs, ys)]
+    if any(z <= 0 for z in zero):
+        raise ValueError("the frozen model already equals the target on an input set (zero error)")
+    out = torch.zeros(len(ranks), len(xs), dtype=torch.float64)
+    for j, R in enumerate(ranks):
+        if partition is None:
+            deltas, biases = fnn_construction(list(target_w), list(target_b), list(frozen_w), int(R),
+                                              input_radius)
+        else:
+            deltas, biases = partition_construction(list(target_w), list(target_b), list(frozen_w), partition,
+                                                    int(R), input_radius)
+        W = [w + d for w, d in zip(frozen_w, deltas)]
+        for i, (x, y, z) in enumerate(zip(xs, ys, zero)):
+            out[j, i] = (fnn_forward(x, W, biases) - y).square().sum(-1).mean() / z
+    return out

@@ -1297,7 +1297,8 @@ def pretrain_frozen(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: to
     done = (lev == 1)[:, None].expand(K, S).clone()
     W.requires_grad_(True)
     b.requires_grad_(True)
-    opt = torch.optim.Adam([W, b], lr=lr)
+    moments = [(torch.zeros_like(P), torch.zeros_like(P)) for P in (W, b)]     # Adam, written out: importing
+    beta1, beta2 = 0.9, 0.999                                                  # torch.optim costs seconds
     tw, tb = target_w.double(), target_b.double()
     init = None
     for t in range(max_steps):
@@ -1315,9 +1316,12 @@ def pretrain_frozen(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: to
                 for k, s in new.nonzero().tolist():
                     outW[k, s], outb[k, s], used[k, s] = W[s], b[s], t
                 done |= new
-        opt.zero_grad()
-        loss.sum().backward()
-        opt.step()
+        grads = torch.autograd.grad(loss.sum(), [W, b])
+        with torch.no_grad():
+            for P, G, (m, v) in zip((W, b), grads, moments):
+                m.mul_(beta1).add_(G, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(G, G, value=1 - beta2)
+                P.sub_(lr * (m / (1 - beta1 ** (t + 1))) / ((v / (1 - beta2 ** (t + 1))).sqrt() + 1e-8))
     with torch.no_grad():
         for k, s in (~done).nonzero().tolist():
             outW[k, s], outb[k, s], used[k, s] = W[s], b[s], max_steps

@@ -484,3 +484,80 @@ lb.claim(
 # Both thresholds are met exactly where the general statement puts them, and the partition that gives one frozen
 # layer to the already-close target layer and three to the other needs rank 6 instead of 8: the rank needed depends
 # on how the frozen layers are assigned, not only on their number.
+
+# %% [markdown]
+# ## Gradient LoRA on a deeper target
+#
+# The paper's second FNN figure uses a two-layer target and four frozen layers ($\bar L = 2$, $L = 4$, $M = 2$),
+# random and pretrained frozen models. Same protocol as above (Gaussian inputs, trainable biases, Adam at
+# $10^{-2}$, the paper's initialisation, pretraining to a third of the initial loss), against the construction on
+# the same instances.
+
+# %%
+d_seeds = scale.pick(quick=2, default=3, paper=5)
+d_ranks = scale.pick(quick=[2, 8], default=[2, 4, 6, 8, 12], paper=list(range(1, 17)))
+d_steps = scale.pick(quick=100, default=1500, paper=5000)
+d_gen = torch.Generator().manual_seed(15)
+deep = [ex.paper_fnn_instance(D, Lf, Lbar_f, d_gen) for _ in range(d_seeds)]
+dw, db, dtw, dtb = (torch.stack([t[k] for t in deep]) for k in range(4))
+x_d = ex.gaussian_inputs((d_seeds, n_test, D), d_gen)
+dpw, dpb, _ = ex.pretrain_frozen(dw, db, dtw, dtb, levels=[1, 3], max_steps=3000, batch=256,
+                                 lr=1e-3, generator=d_gen)
+W_d, b_d = ex.train_lora_gaussian(dpw.flatten(0, 1), dpb.flatten(0, 1), dtw.repeat(2, 1, 1, 1),
+                                  dtb.repeat(2, 1, 1), d_ranks, steps=d_steps, batch=256,
+                                  lr=1e-2, generator=d_gen)
+d_zero = ex.adapter_mse(dw[:, None], db[:, None], dtw, dtb, x_d)[:, 0]  # random frozen error
+g_d = ex.adapter_mse(W_d.double(), b_d.double(), dtw.repeat(2, 1, 1, 1), dtb.repeat(2, 1, 1),
+                     x_d.repeat(2, 1, 1)).reshape(2, d_seeds, -1) / d_zero[None, :, None]
+g_d = g_d.numpy()  # (random / pretrained, seed, rank), error / random frozen error
+d_cons = np.zeros((2, d_seeds, len(d_ranks)))
+for k in range(2):
+    for s in range(d_seeds):
+        rel = ex.construction_curve(dtw[s], dtb[s], dpw[k, s], dpb[k, s], d_ranks,
+                                    ex.gaussian_radius(D), (x_d[s],))[:, 0]
+        zero_k = ex.adapter_mse(dpw[k, s][None, None], dpb[k, s][None, None], dtw[s : s + 1],
+                                dtb[s : s + 1], x_d[s : s + 1]).item()
+        d_cons[k, s] = rel.numpy() * zero_k / d_zero[s].item()
+d_above = np.array(d_ranks) >= thr_f
+print("gradient, median error / random frozen error (random, pretrained):")
+print(np.median(g_d, 1).round(5))
+
+# %%
+fig, ax = plotting.subplots(1, width=6.4)
+for k, (name, color) in enumerate(zip(("random", "pretrained"),
+                                      (plotting.COLORS["lora"], plotting.COLORS["full"]))):
+    plotting.band(ax, d_ranks, g_d[k], label=f"gradient LoRA, {name} frozen model",
+                  color=color)
+    plotting.band(ax, d_ranks, d_cons[k] + 1e-30, label=f"construction, {name}", color=color,
+                  marker="s", linestyle=":")
+plotting.mark_threshold(ax, thr_f, label=r"$\lceil D/M\rceil$")
+ax.set(yscale="log", xlabel="LoRA rank $R$", ylabel="test MSE / random frozen MSE",
+       title=r"two-layer target, $L = 4$, Gaussian inputs", ylim=(1e-6, 2))
+ax.legend(fontsize=7)
+
+# %% tags=["nbval-check-output"]
+lb.claim(
+    "deeper target: the construction is exact from ceil(D/M) for the random and the "
+    "pretrained frozen model (largest error / random frozen error there)",
+    float(d_cons[:, :, d_above].max()), "<=", ex.EXACT_REL_MSE, kind="sanity",
+)
+lb.claim(
+    "deeper target, within this budget: no gradient run meets the exact-match criterion at or "
+    "above ceil(D/M) (smallest error / random frozen error there)",
+    float(g_d[:, :, d_above].min()), ">", ex.EXACT_REL_MSE, kind="sanity",
+    steps=d_steps,
+)
+lb.claim(
+    "deeper target: gradient LoRA on the pretrained frozen model has a lower error than on "
+    "the random one below ceil(D/M) (largest ratio of medians)",
+    float((np.median(g_d[1], 0) / np.median(g_d[0], 0))[~d_above].max()), "<", 1.0,
+    kind="sanity", ratios=[float(v) for v in np.median(g_d[1], 0) / np.median(g_d[0], 0)],
+)
+
+# %% [markdown]
+# With the deeper target the construction is exact from $\lceil D/M\rceil = 8$ for both frozen models, while gradient
+# LoRA stays far from it within this budget: at `default` (1,500 steps) the median error at $R = 8$ and $12$ is still
+# a few percent of the frozen model's, much further from exact than for the one-layer target (we did not run the
+# budget study of {ref}`ch1-relu` here, so this is *not reached within our budget*, not a limit of LoRA). Pretraining
+# to the paper's level lowers the gradient error below the threshold, but only a little here (ratios recorded with
+# the claim are close to 1), less than for the one-layer target.

@@ -283,14 +283,17 @@ g_p = ex.adapter_mse(W_p.double(), b_p.double(), btw.repeat(rep, 1, 1, 1),
                      btb.repeat(rep, 1, 1), x_p.repeat(rep, 1, 1)).numpy()
 g_p = g_p.reshape(rep, p_seeds, -1) / zero_random.numpy()[None, :, None]
 pre_gain = np.median(g_p[1], 0) / np.median(g_p[0], 0)  # pretrained (level 3) / random
+need_tol_grad = [ex.rank_needed(np.median(g_p[j], 0), pg_ranks, tol) for j in range(rep)]
 print("gradient, median error / random frozen error:", np.median(g_p, 1).round(4))
 
 # %% [markdown]
 # Left: the construction's error (relative to the random frozen model's) against rank, one line per closeness
-# level. Right: gradient LoRA, same axes.
+# level. Middle: gradient LoRA, same axes. Right: the rank needed against closeness (the frozen model's error
+# relative to the random one's): exact match, and 1 % of the random frozen error by construction and by gradient
+# (median run; a rank above the largest one trained means not reached).
 
 # %%
-fig, axes = plotting.subplots(2, width=4.6, sharey=True)
+fig, axes = plotting.subplots(3, width=3.6)
 palette = ["#444444", "#d95f02", "#1b9e77", "#7570b3"]
 for j, lev in enumerate(levels):
     plotting.band(axes[0], Rs, p_cons[j] + 1e-30, label=f"level {lev}", color=palette[j])
@@ -302,6 +305,16 @@ for a, title in zip(axes, ("construction", "gradient LoRA")):
     a.set(yscale="log", xlabel="LoRA rank $R$", title=title, ylim=(1e-5, 2))
 axes[0].set(ylabel="test MSE / random frozen MSE")
 axes[0].legend(fontsize=7, title="closeness level", title_fontsize=7)
+cl = closeness.mean(1)
+axes[2].plot(cl, np.median(need_exact, 1), "s-", color=plotting.COLORS["theory"],
+             label="exact (construction)")
+axes[2].plot(cl, np.median(need_tol, 1), "o-", color=plotting.COLORS["construction"],
+             label="1% (construction)")
+axes[2].plot(cl[: len(pg_levels)], need_tol_grad, "^-", color=plotting.COLORS["lora"],
+             label="1% (gradient, median)")
+axes[2].set(xscale="log", xlabel="frozen MSE / random frozen MSE", ylabel="rank needed",
+            title="rank needed vs closeness")
+axes[2].legend(fontsize=7)
 fig.tight_layout()
 
 # %% tags=["nbval-check-output"]
@@ -329,7 +342,7 @@ lb.claim(
     "the "
     "closest level / median for the random model)",
     float(np.median(need_tol[-1]) / np.median(need_tol[0])), "<", 1.0, kind="sanity",
-    need_by_level=[float(np.median(v)) for v in need_tol],
+    need_by_level=[float(np.median(v)) for v in need_tol], need_gradient=need_tol_grad,
 )
 lb.claim(
     "gradient LoRA: the pretrained frozen model (level 3) has a lower error than the random "

@@ -86,8 +86,8 @@ g_steps = scale.pick(quick=120, default=1500, paper=5000)
 stack = [torch.stack([t[k] for init in inits for t in inst[init]]) for k in range(4)]
 fw_all, fb_all, tw_all, tb_all = stack  # (inits * seeds, ...)
 W_tr, b_tr = ex.train_lora_gaussian(fw_all, fb_all, tw_all, tb_all, g_ranks, steps=g_steps,
-                                    batch=256, lr=1e-2, generator=gen)
-W_tr, b_tr = W_tr.double(), b_tr.double()
+                                    batch=256, lr=1e-2, generator=gen, device=str(lb.device()))
+W_tr, b_tr = W_tr.double().cpu(), b_tr.double().cpu()
 x_in2, x_sh2 = x_in.repeat(len(inits), 1, 1), x_sh.repeat(len(inits), 1, 1)
 g_in = ex.relative_mse(W_tr, b_tr, fw_all, fb_all, tw_all, tb_all, x_in2).numpy()
 g_sh = ex.relative_mse(W_tr, b_tr, fw_all, fb_all, tw_all, tb_all, x_sh2).numpy()
@@ -278,8 +278,8 @@ pb_all = torch.cat([pre[lev][1] for lev in pg_levels])
 rep = len(pg_levels)
 W_p, b_p = ex.train_lora_gaussian(pw_all, pb_all, btw.repeat(rep, 1, 1, 1),
                                   btb.repeat(rep, 1, 1), pg_ranks, steps=g_steps, batch=256,
-                                  lr=1e-2, generator=p_gen)
-g_p = ex.adapter_mse(W_p.double(), b_p.double(), btw.repeat(rep, 1, 1, 1),
+                                  lr=1e-2, generator=p_gen, device=str(lb.device()))
+g_p = ex.adapter_mse(W_p.double().cpu(), b_p.double().cpu(), btw.repeat(rep, 1, 1, 1),
                      btb.repeat(rep, 1, 1), x_p.repeat(rep, 1, 1)).numpy()
 g_p = g_p.reshape(rep, p_seeds, -1) / zero_random.numpy()[None, :, None]
 pre_gain = np.median(g_p[1], 0) / np.median(g_p[0], 0)  # pretrained (level 3) / random
@@ -518,11 +518,11 @@ dpw, dpb, _ = ex.pretrain_frozen(dw, db, dtw, dtb, levels=[1, 3], max_steps=3000
                                  lr=1e-3, generator=d_gen)
 W_d, b_d = ex.train_lora_gaussian(dpw.flatten(0, 1), dpb.flatten(0, 1), dtw.repeat(2, 1, 1, 1),
                                   dtb.repeat(2, 1, 1), d_ranks, steps=d_steps, batch=256,
-                                  lr=1e-2, generator=d_gen)
+                                  lr=1e-2, generator=d_gen, device=str(lb.device()))
 d_zero = ex.adapter_mse(dw[:, None], db[:, None], dtw, dtb, x_d)[:, 0]  # random frozen error
-g_d = ex.adapter_mse(W_d.double(), b_d.double(), dtw.repeat(2, 1, 1, 1), dtb.repeat(2, 1, 1),
-                     x_d.repeat(2, 1, 1)).reshape(2, d_seeds, -1) / d_zero[None, :, None]
-g_d = g_d.numpy()  # (random / pretrained, seed, rank), error / random frozen error
+g_d = ex.adapter_mse(W_d.double().cpu(), b_d.double().cpu(), dtw.repeat(2, 1, 1, 1),
+                     dtb.repeat(2, 1, 1), x_d.repeat(2, 1, 1)).reshape(2, d_seeds, -1)
+g_d = (g_d / d_zero[None, :, None]).numpy()  # (random/pretrained, seed, rank) / random frozen
 d_cons = np.zeros((2, d_seeds, len(d_ranks)))
 for k in range(2):
     for s in range(d_seeds):

@@ -1194,21 +1194,25 @@ def relative_mse(weights: torch.Tensor, biases: torch.Tensor, frozen_w: torch.Te
 
 
 def train_lora_gaussian(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
-                        target_b: torch.Tensor, ranks: Sequence[int], *, steps: int, batch: int, lr: float,
-                        generator: torch.Generator, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", progress: bool | str = False
+                        target_b: torch.Tensor, ranks: Sequence[int], *, steps: int, batch: int,
+                        lr: float | Sequence[float], generator: torch.Generator,
+                        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                        lr_factors: Sequence[float] = (1.0,), progress: bool | str = False
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient LoRA (and trainable biases) on the paper's inputs: fresh ``N(0, I)`` batches at every step.
 
     Rank-``R`` LoRA ``ΔW_l = B_l A_l`` on every layer (``A`` Gaussian with std ``1/√D``, ``B = 0``) and all biases
     trainable, one run per (seed, rank) in a single batched Adam program (:func:`lorabook.train.batched_adam`),
-    constant learning rate ``lr``, MSE loss summed over output coordinates.
+    constant learning rate ``lr`` (or a piecewise-constant schedule), MSE loss summed over output coordinates.
 
     Parameters
     ----------
     frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), target_b (S, L̄, D) : one pair per seed.
     ranks : C LoRA ranks in ``[1, D]``.
-    steps, batch : Adam steps and batch size.
+    steps, batch : Adam steps in all and batch size.
+    lr : one learning rate, or C of them (one per rank entry, so a rank may appear with several rates).
+    lr_factors : ``steps`` is split into ``len(lr_factors)`` equal phases; phase ``k`` runs Adam (moments
+        restarted) at ``lr · lr_factors[k]``; ``steps`` must be divisible by their number.
 
     Returns
     -------
@@ -1230,10 +1234,20 @@ def train_lora_gaussian(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w
         check_rank(r, D, "rank")
     check_rank(steps, 10**9, "steps")
     check_rank(batch, 10**8, "batch")
-    _positive(lr, "lr")
+    C, r_max = len(ranks), max(ranks)
+    lrs = [lr] * C if isinstance(lr, (int, float)) else list(lr)
+    if len(lrs) != C:
+        raise ValueError(f"lr must be one number or one per rank entry ({C}), got {len(lrs)}")
+    for a in lrs:
+        _positive(a, "lr")
+    if isinstance(lr_factors, (str, bytes)) or not isinstance(lr_factors, Sequence) or not lr_factors:
+        raise ValueError("lr_factors must be a non-empty sequence of positive numbers")
+    for a in lr_factors:
+        _positive(a, "lr_factors entry")
+    if steps % len(lr_factors):
+        raise ValueError(f"steps={steps} is not divisible by the {len(lr_factors)} phases of lr_factors")
     from .train import batched_adam
 
-    C, r_max = len(ranks), max(ranks)
     kw = dict(dtype=dtype, device=device)
     mask = (torch.arange(r_max)[None] < torch.tensor(ranks)[:, None]).to(**kw).repeat(S, 1)[:, None, None, :]
     A = (torch.randn(S * C, L, r_max, D, generator=generator, dtype=torch.float64) / math.sqrt(D)).to(**kw)
@@ -1252,7 +1266,9 @@ def train_lora_gaussian(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w
         W, b = model()
         return (_fnn_fast(x[:, None], W, b, True) - y[:, None]).square().sum(-1).mean(-1).reshape(S * C)
 
-    batched_adam([A, B, db], loss_fn, steps, lr, progress=progress)
+    rate = torch.tensor(lrs, **kw).repeat(S)
+    for a in lr_factors:
+        batched_adam([A, B, db], loss_fn, steps // len(lr_factors), rate * float(a), progress=progress)
     with torch.no_grad():
         W, b = model()
     return W.detach(), b.detach()

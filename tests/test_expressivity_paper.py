@@ -242,3 +242,16 @@ def test_construction_curve_matches_a_direct_evaluation():
         ex.construction_curve(tw, tb, fw, fb, [2], 12.0, [])
     with pytest.raises(ValueError):
         ex.construction_curve(tw, tb, fw[None], fb, [2], 12.0, (x,))
+
+
+def test_train_lora_gaussian_learning_rates_per_entry_and_phases():
+    g, (fw, fb, tw, tb) = _stack()
+    W, b = ex.train_lora_gaussian(fw, fb, tw, tb, [2, 2], lr=[1e-2, 1e-12], steps=40, batch=32, generator=g,
+                                  dtype=torch.float64, lr_factors=[1.0, 0.1])
+    assert W.shape == (2, 2, 2, D, D)
+    assert (W[:, 0] - fw).abs().max() > 1e-4 > (W[:, 1] - fw).abs().max()      # a tiny rate barely moves
+    for bad in (dict(lr=[1e-2]), dict(lr_factors=[]), dict(lr_factors=[1.0, 0.0]), dict(steps=41,
+                                                                                      lr_factors=[1.0, 0.1])):
+        kw = dict(lr=1e-2, steps=40, lr_factors=(1.0,)) | bad
+        with pytest.raises(ValueError):
+            ex.train_lora_gaussian(fw, fb, tw, tb, [2, 2], batch=8, generator=g, **kw)

@@ -159,9 +159,12 @@ lb.claim(
 # The paper's second initialisation sets $\bar W_1 = W_2W_1 + cI$ with $c$ the mean singular value of the original
 # error matrix, so $E = cI$: every singular value equals $c$, the flat spectrum on which the stated expected-error
 # bound of Lemma 2 fails ({prf:ref}`prop-ch1-relu-bound`). For Gaussian inputs $\Sigma = I$: the stated bound is
-# $\norm{\Sigma}_F c^2 = \sqrt D c^2 = 4c^2$ at every $R < 8$, the corrected one $\tr(\Sigma) c^2 = 16c^2$. We
-# compare both with the construction and with the best trained adapters ($R = 1$, trainable biases, from the grid
-# above).
+# $\norm{\Sigma}_F c^2 = \sqrt D c^2 = 4c^2$ at every $R < 8$, the corrected one $\tr(\Sigma) c^2 = 16c^2$. (The
+# lemma asks for bounded inputs; the ball of radius $\sqrt D + 8$ holds $\mathcal N(0, I)$ up to $10^{-13}$, so
+# $\Sigma = I$ to that precision.) The statement asks only that *some* rank-1 adapters reach the bound, so we compare
+# it with the best adapters we can find at $R = 1$: the construction, the run of the grid above, and a search in
+# float64 with trainable biases from three learning rates ($3\cdot10^{-2}, 10^{-2}, 3\cdot10^{-3}$), each decayed in
+# four phases to 3 % of its start, keeping the lowest test error per instance (a choice that favours the paper).
 
 # %%
 usv = inits.index("uniform_singular_values")
@@ -182,9 +185,17 @@ for s, (fw, fb, tw, tb) in enumerate(inst["uniform_singular_values"]):
     g_abs.append(ex.adapter_mse(W_tr[j][None, :1], b_tr[j][None, :1], tw[None], tb[None],
                                 x_in[s : s + 1]).item())
 stated, corrected = np.array(stated), np.array(corrected)
-best = np.minimum(c_abs, g_abs)
+u_fw, u_fb, u_tw, u_tb = (T[usv * seeds : (usv + 1) * seeds] for T in stack)
+usv_steps = scale.pick(quick=200, default=1200, paper=4000)
+W_u, b_u = ex.train_lora_gaussian(u_fw, u_fb, u_tw, u_tb, [1, 1, 1], lr=[3e-2, 1e-2, 3e-3],
+                                  steps=usv_steps, batch=256, generator=gen,
+                                  dtype=torch.float64, lr_factors=[1.0, 0.3, 0.1, 0.03],
+                                  device=str(lb.device()))
+s_abs = ex.adapter_mse(W_u.cpu(), b_u.cpu(), u_tw, u_tb, x_in).min(1).values.numpy()
+best = np.minimum(np.minimum(c_abs, g_abs), s_abs)
 print("stated bound", stated.round(3), "corrected", corrected.round(3))
-print("construction", np.round(c_abs, 3), "trained (R=1)", np.round(g_abs, 3))
+print("construction", np.round(c_abs, 3), "grid run", np.round(g_abs, 3),
+      "search", s_abs.round(3))
 
 # %% tags=["nbval-check-output"]
 lb.claim(
@@ -192,10 +203,14 @@ lb.claim(
     float(max(flat_spread)), "<=", 1e-12, kind="sanity",
 )
 lb.claim(
-    "at R = 1 the construction exceeds the stated bound ||Sigma||_F sigma^2 on every instance "
-    "(smallest construction error / stated bound)",
-    float(min(c / b for c, b in zip(c_abs, stated))), ">", 1.0, kind="sanity",
-    best_found_over_stated=[float(v) for v in best / stated],
+    "uniform singular values, R = 1: the best adapters found stay above the stated bound "
+    "||Sigma||_F sigma^2 on every instance (smallest best error / stated bound)",
+    float((best / stated).min()), ">", 1.0, kind="departure",
+    label="Zeng & Lee, Lemma 2 (statement, uniform singular values)",
+    control="test_controls_ch1c.py::"
+    "test_usv_departure_check_fails_on_the_default_initialisation",
+    construction_over_stated=[float(v) for v in np.array(c_abs) / stated],
+    best_over_stated=[float(v) for v in best / stated],
 )
 lb.claim(
     "the corrected bound tr(Sigma) sigma^2 holds for the construction at R = 1 (largest "
@@ -205,11 +220,12 @@ lb.claim(
 )
 
 # %% [markdown]
-# In the paper's own setting the construction exceeds the stated bound at $R = 1$, by the amount recorded with the
-# claim, and the corrected bound holds. The best adapters found (construction or gradient LoRA) stay above the
-# stated bound too, but by a thin margin (the per-instance ratios are recorded with the claim), so this setting
-# illustrates the departure rather than proving it: the counterexample against the best adapters found is the
-# one of {ref}`ch1-relu` ($D = 32$, every target ReLU active), where the gap is a factor of five.
+# In the paper's own setting the stated bound fails against every adapter we found: at `default` the construction
+# leaves about 1.4–1.5 times the bound and the best trained adapters 1.1–1.2 times it (per-instance ratios recorded
+# with the claim; a four-times longer search did not do better in a trial run), while the corrected bound holds.
+# The margin is much thinner than on the flat spectrum of {ref}`ch1-relu` ($D = 32$, every target ReLU active, a
+# factor of five), because here about half of the target's output ReLUs are off and the error of an adapter is
+# cut by them; the cause is the same proof step, and the check cannot exclude better adapters than those found.
 #
 # ## A frozen model close to the target needs a lower rank
 #

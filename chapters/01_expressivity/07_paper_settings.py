@@ -221,8 +221,8 @@ lb.claim(
 
 # %% [markdown]
 # In the paper's own setting the stated bound fails against every adapter we found: at `default` the construction
-# leaves about 1.4–1.5 times the bound and the best trained adapters 1.1–1.2 times it (per-instance ratios recorded
-# with the claim; a four-times longer search did not do better in a trial run), while the corrected bound holds.
+# leaves about 1.4–1.6 times the bound and the best adapters found about 1.1–1.2 times it (per-instance ratios
+# recorded with the claim), while the corrected bound holds.
 # The margin is much thinner than on the flat spectrum of {ref}`ch1-relu` ($D = 32$, every target ReLU active, a
 # factor of five), because here about half of the target's output ReLUs are off and the error of an adapter is
 # cut by them; the cause is the same proof step, and the check cannot exclude better adapters than those found.

@@ -1108,3 +1108,453 @@ def tfn_full_construction(target: Sequence[dict], frozen: Sequence[dict], rank: 
             new["W2"], new["b2"] = t["W2"].clone(), t["b2"].clone()
         out.append(new)
     return out
+
+
+# --- paper settings: shifted inputs, pretrained frozen models, random-model corollaries ---
+#: initialisations of :func:`paper_fnn_instance`
+PAPER_INITS = ("default", "uniform_singular_values")
+#: distributions of the entries of :func:`random_linear_pair` ("sign" is discrete: the corollaries' control)
+ENTRY_DISTS = ("gaussian", "uniform", "sign")
+
+
+def paper_fnn_instance(D: int, n_layers: int, n_target: int, generator: torch.Generator, *,
+                       init: str = "default") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A frozen FNN and a target FNN initialised as in the paper's experiments (float64, CPU draws).
+
+    ``init="default"``: every weight and bias uniform on ``[−1/√D, 1/√D]`` (the default initialisation of a
+    fully connected layer in PyTorch). ``init="uniform_singular_values"``: the same draws, then each target weight
+    is replaced by ``W̄_i = ∏_{P_i} W_l + c_i I`` with ``c_i`` the mean singular value of ``W̄_i − ∏_{P_i} W_l``
+    (uniform partition ``P_i``), so every error matrix ``E_i = c_i I`` has a flat spectrum.
+
+    Returns ``(frozen_w (L, D, D), frozen_b (L, D), target_w (L̄, D, D), target_b (L̄, D))``.
+    """
+    check_rank(D, 10**5, "D")
+    check_rank(n_target, 10**5, "n_target")
+    groups = uniform_partition(n_layers, n_target)
+    if init not in PAPER_INITS:
+        raise ValueError(f"init must be one of {PAPER_INITS}, got {init!r}")
+    a = 1.0 / math.sqrt(D)
+
+    def unif(*shape):
+        return (2.0 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1.0) * a
+
+    fw, fb, tw, tb = unif(n_layers, D, D), unif(n_layers, D), unif(n_target, D, D), unif(n_target, D)
+    if init == "uniform_singular_values":
+        eye = torch.eye(D, dtype=torch.float64)
+        for i, g in enumerate(groups):
+            P = chain_product([fw[l] for l in g])
+            tw[i] = P + torch.linalg.svdvals(tw[i] - P).mean() * eye
+    return fw, fb, tw, tb
+
+
+def gaussian_inputs(shape: Sequence[int], generator: torch.Generator, *, std: float = 1.0,
+                    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Inputs ``std · N(0, I)`` of shape ``shape`` (last dim ``D``), drawn on the CPU and moved to ``device``.
+
+    ``std = 1`` is the paper's training and test distribution, ``std = 5`` its shifted test set.
+    """
+    _positive(std, "std")
+    shape = tuple(shape)
+    if not shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
+        raise ValueError(f"shape must be a non-empty tuple of positive integers, got {shape!r}")
+    return (std * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype=dtype, device=device)
+
+
+def gaussian_radius(D: int, *, std: float = 1.0, tail: float = 8.0) -> float:
+    """A radius that holds ``std · N(0, I_D)`` inputs except with probability at most ``exp(−tail²/2)``.
+
+    ``ρ = std (√D + tail)``: the norm is 1-Lipschitz, ``E‖z‖ ≤ √D``, and Gaussian concentration gives
+    ``P(‖z‖ ≥ √D + t) ≤ exp(−t²/2)`` (``tail = 8``: below ``1.3·10⁻¹⁴``). The constructions certify exactness on
+    the ball of this radius, so Gaussian inputs are covered up to that probability.
+    """
+    check_rank(D, 10**6, "D")
+    return _positive(std, "std") * (math.sqrt(D) + _positive(tail, "tail"))
+
+
+def relative_mse(weights: torch.Tensor, biases: torch.Tensor, frozen_w: torch.Tensor, frozen_b: torch.Tensor,
+                 target_w: torch.Tensor, target_b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Test MSE of adapted ReLU models divided by the frozen model's test MSE on the same inputs.
+
+    Parameters
+    ----------
+    weights (S, C, L, D, D), biases (S, C, L, D) : adapted models; frozen_w (S, L, D, D), frozen_b (S, L, D);
+    target_w (S, L̄, D, D), target_b (S, L̄, D); x (S, n, D).
+
+    Returns
+    -------
+    (S, C) tensor, the exact-match criterion's ratio (compare with :data:`EXACT_REL_MSE`).
+    """
+    if frozen_w.dim() != 4 or frozen_b.dim() != 3:
+        raise ValueError("frozen_w must be (S, L, D, D) and frozen_b (S, L, D)")
+    err = adapter_mse(weights, biases, target_w, target_b, x)
+    zero = adapter_mse(frozen_w[:, None].to(weights), frozen_b[:, None].to(weights), target_w, target_b, x)
+    if not (zero > 0).all():
+        raise ValueError("the frozen model already equals the target on these inputs (zero error)")
+    return err / zero
+
+
+def train_lora_gaussian(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
+                        target_b: torch.Tensor, ranks: Sequence[int], *, steps: int, batch: int,
+                        lr: float | Sequence[float], generator: torch.Generator,
+                        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                        lr_factors: Sequence[float] = (1.0,), progress: bool | str = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient LoRA (and trainable biases) on the paper's inputs: fresh ``N(0, I)`` batches at every step.
+
+    Rank-``R`` LoRA ``ΔW_l = B_l A_l`` on every layer (``A`` Gaussian with std ``1/√D``, ``B = 0``) and all biases
+    trainable, one run per (seed, rank) in a single batched Adam program (:func:`lorabook.train.batched_adam`),
+    constant learning rate ``lr`` (or a piecewise-constant schedule), MSE loss summed over output coordinates.
+
+    Parameters
+    ----------
+    frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), target_b (S, L̄, D) : one pair per seed.
+    ranks : C LoRA ranks in ``[1, D]``.
+    steps, batch : Adam steps in all and batch size.
+    lr : one learning rate, or C of them (one per rank entry, so a rank may appear with several rates).
+    lr_factors : ``steps`` is split into ``len(lr_factors)`` equal phases; phase ``k`` runs Adam (moments
+        restarted) at ``lr · lr_factors[k]``; ``steps`` must be divisible by their number.
+
+    Returns
+    -------
+    ``(weights (S, C, L, D, D), biases (S, C, L, D))`` of the adapted models (``dtype``, on ``device``).
+    """
+    for name, T, nd in (("frozen_w", frozen_w, 4), ("frozen_b", frozen_b, 3), ("target_w", target_w, 4),
+                        ("target_b", target_b, 3)):
+        if not isinstance(T, torch.Tensor) or T.dim() != nd or not torch.isfinite(T).all():
+            raise ValueError(f"{name} must be a finite tensor with {nd} dimensions")
+    S, L, D, _ = frozen_w.shape
+    if frozen_b.shape != (S, L, D) or target_w.shape[0] != S or target_w.shape[2:] != (D, D) \
+            or target_b.shape != target_w.shape[:3]:
+        raise ValueError("shapes must be frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), "
+                         "target_b (S, L̄, D)")
+    ranks = list(ranks)
+    if not ranks:
+        raise ValueError("ranks must be a non-empty list")
+    for r in ranks:
+        check_rank(r, D, "rank")
+    check_rank(steps, 10**9, "steps")
+    check_rank(batch, 10**8, "batch")
+    C, r_max = len(ranks), max(ranks)
+    lrs = [lr] * C if isinstance(lr, (int, float)) else list(lr)
+    if len(lrs) != C:
+        raise ValueError(f"lr must be one number or one per rank entry ({C}), got {len(lrs)}")
+    for a in lrs:
+        _positive(a, "lr")
+    if isinstance(lr_factors, (str, bytes)) or not isinstance(lr_factors, Sequence) or not lr_factors:
+        raise ValueError("lr_factors must be a non-empty sequence of positive numbers")
+    for a in lr_factors:
+        _positive(a, "lr_factors entry")
+    if steps % len(lr_factors):
+        raise ValueError(f"steps={steps} is not divisible by the {len(lr_factors)} phases of lr_factors")
+    from .train import batched_adam
+
+    kw = dict(dtype=dtype, device=device)
+    mask = (torch.arange(r_max)[None] < torch.tensor(ranks)[:, None]).to(**kw).repeat(S, 1)[:, None, None, :]
+    A = (torch.randn(S * C, L, r_max, D, generator=generator, dtype=torch.float64) / math.sqrt(D)).to(**kw)
+    B = torch.zeros(S * C, L, D, r_max, **kw)
+    db = torch.zeros(S * C, L, D, **kw)
+    fw, fb, tw, tb = (T.to(**kw) for T in (frozen_w, frozen_b, target_w, target_b))
+
+    def model() -> tuple[torch.Tensor, torch.Tensor]:
+        W = fw[:, None] + ((B * mask) @ A).view(S, C, L, D, D)
+        return W, fb[:, None] + db.view(S, C, L, D)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        x = gaussian_inputs((S, batch, D), generator, **kw)
+        with torch.no_grad():
+            y = _fnn_fast(x, tw, tb, True)
+        W, b = model()
+        return (_fnn_fast(x[:, None], W, b, True) - y[:, None]).square().sum(-1).mean(-1).reshape(S * C)
+
+    rate = torch.tensor(lrs, **kw).repeat(S)
+    for a in lr_factors:
+        batched_adam([A, B, db], loss_fn, steps // len(lr_factors), rate * float(a), progress=progress)
+    with torch.no_grad():
+        W, b = model()
+    return W.detach(), b.detach()
+
+
+def pretrain_frozen(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
+                    target_b: torch.Tensor, *, levels: Sequence[float], max_steps: int, batch: int, lr: float,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The paper's "pretrained" frozen model: all its weights and biases trained toward the target until closer.
+
+    Adam (learning rate ``lr``) on every weight and bias of each frozen model, on fresh ``N(0, I)`` batches, in
+    float64. For each closeness level ``c`` the model is kept at the first step whose batch loss is below
+    ``initial loss / c`` (or after ``max_steps``); one run serves all levels. ``c = 1`` is the random frozen model.
+
+    Parameters
+    ----------
+    frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), target_b (S, L̄, D) : float64 models.
+    levels : K closeness factors ``≥ 1``; max_steps, batch : positive integers.
+
+    Returns
+    -------
+    ``(frozen_w (K, S, L, D, D), frozen_b (K, S, L, D), steps_used (K, S))`` (float64, CPU).
+    """
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
+        raise ValueError("levels must be a non-empty sequence of numbers >= 1")
+    for c in levels:
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 1 or not math.isfinite(c):
+            raise ValueError(f"every level must be a finite number >= 1, got {c!r}")
+    check_rank(max_steps, 10**9, "max_steps")
+    check_rank(batch, 10**8, "batch")
+    _positive(lr, "lr")
+    if frozen_w.dim() != 4 or frozen_b.shape != frozen_w.shape[:3] or target_w.dim() != 4 \
+            or target_b.shape != target_w.shape[:3] or target_w.shape[0] != frozen_w.shape[0] \
+            or target_w.shape[2:] != frozen_w.shape[2:]:
+        raise ValueError("need frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), "
+                         "target_b (S, L̄, D)")
+    S, D, K = frozen_w.shape[0], frozen_w.shape[-1], len(levels)
+    W, b = frozen_w.double().clone(), frozen_b.double().clone()
+    lev = torch.tensor([float(c) for c in levels], dtype=torch.float64)
+    outW, outb = W[None].repeat(K, 1, 1, 1, 1), b[None].repeat(K, 1, 1, 1)
+    used = torch.zeros(K, S, dtype=torch.long)
+    done = (lev == 1)[:, None].expand(K, S).clone()
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    moments = [(torch.zeros_like(P), torch.zeros_like(P)) for P in (W, b)]     # Adam, written out: importing
+    beta1, beta2 = 0.9, 0.999                                                  # torch.optim costs seconds
+    tw, tb = target_w.double(), target_b.double()
+    init = None
+    for t in range(max_steps):
+        if done.all():
+            return outW, outb, used
+        x = gaussian_inputs((S, batch, D), generator)
+        with torch.no_grad():
+            y = _fnn_fast(x, tw, tb, True)
+        loss = (_fnn_fast(x, W, b, True) - y).square().sum(-1).mean(-1)
+        with torch.no_grad():
+            if init is None:
+                init = loss.detach().clone()
+            else:
+                new = ~done & (loss[None] < init[None] / lev[:, None])                   # (K, S)
+                for k, s in new.nonzero().tolist():
+                    outW[k, s], outb[k, s], used[k, s] = W[s], b[s], t
+                done |= new
+        grads = torch.autograd.grad(loss.sum(), [W, b])
+        with torch.no_grad():
+            for P, G, (m, v) in zip((W, b), grads, moments):
+                m.mul_(beta1).add_(G, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(G, G, value=1 - beta2)
+                P.sub_(lr * (m / (1 - beta1 ** (t + 1))) / ((v / (1 - beta2 ** (t + 1))).sqrt() + 1e-8))
+    with torch.no_grad():
+        for k, s in (~done).nonzero().tolist():
+            outW[k, s], outb[k, s], used[k, s] = W[s], b[s], max_steps
+    return outW, outb, used
+
+
+def _check_partition(partition: Sequence[Sequence[int]], n_layers: int, n_target: int) -> list[list[int]]:
+    if isinstance(partition, torch.Tensor) or not isinstance(partition, (list, tuple)) or len(partition) != n_target:
+        raise ValueError(f"partition must be a list of {n_target} groups (one per target layer)")
+    flat = [l for g in partition for l in g]
+    if any(len(g) == 0 for g in partition) or flat != list(range(n_layers)):
+        raise ValueError(f"partition must split layers 0..{n_layers - 1} into non-empty consecutive groups in "
+                         f"order, got {partition!r}")
+    return [list(g) for g in partition]
+
+
+def partition_construction(target_weights: Sequence[torch.Tensor], target_biases: Sequence[torch.Tensor],
+                           frozen_weights: Sequence[torch.Tensor], partition: Sequence[Sequence[int]], rank: int,
+                           input_radius: float, *, margin: float = 1.0
+                           ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """:func:`fnn_construction` for any ordered partition of the frozen layers (the paper's general partition).
+
+    Group ``i`` (the 0-based consecutive layers ``partition[i]``) imitates target layer ``i`` with the one-layer
+    construction of Lemma 2, certified on the ball its input lies in: radius ``input_radius`` for the first group,
+    then ``‖Ŵ_i‖_2 ρ_i + ‖b̄_i‖_2`` (ReLU is 1-Lipschitz). Exact on that ball once
+    ``R ≥ max_i ⌈rank(W̄_i − ∏_{P_i} W_l) / |P_i|⌉`` (see :func:`partition_threshold`).
+
+    Returns ``(deltas, biases)``, ``L`` tensors (D, D) of rank ≤ ``rank`` and ``L`` bias vectors (D,).
+    """
+    Lbar = len(target_weights) if isinstance(target_weights, (list, tuple)) else 0
+    D = _check_layers(list(target_weights), "target_weights")
+    _check_vectors(list(target_biases), "target_biases", Lbar, D)
+    _check_layers(list(frozen_weights), "frozen_weights", D)
+    groups = _check_partition(partition, len(frozen_weights), Lbar)
+    check_rank(rank, D, "rank")
+    rho = _positive(input_radius, "input_radius")
+    deltas: list[torch.Tensor] = []
+    biases: list[torch.Tensor] = []
+    for i, g in enumerate(groups):
+        Ws = [frozen_weights[l] for l in g]
+        d, b = fnn_construction([target_weights[i]], [target_biases[i]], Ws, rank, rho, margin=margin)
+        deltas += d
+        biases += b
+        W_hat = chain_product([W + dd for W, dd in zip(Ws, d)])
+        rho = torch.linalg.matrix_norm(W_hat, 2).item() * rho + target_biases[i].norm().item()
+    return deltas, biases
+
+
+def partition_threshold(target_weights: Sequence[torch.Tensor], frozen_weights: Sequence[torch.Tensor],
+                        partition: Sequence[Sequence[int]], *, rtol: float = 1e-10) -> int:
+    """``max_i ⌈rank(W̄_i − ∏_{l∈P_i} W_l) / |P_i|⌉``, the rank from which the partition's construction is exact."""
+    D = _check_layers(list(target_weights), "target_weights")
+    _check_layers(list(frozen_weights), "frozen_weights", D)
+    groups = _check_partition(partition, len(frozen_weights), len(target_weights))
+    need = 0
+    for Wt, g in zip(target_weights, groups):
+        E = Wt - chain_product([frozen_weights[l] for l in g])
+        need = max(need, -(-numerical_rank(E, rtol) // len(g)))
+    return max(need, 1)
+
+
+def rank_needed(rel_err: "torch.Tensor | Sequence[float]", ranks: Sequence[int], tol: float) -> int:
+    """The smallest rank of ``ranks`` (increasing) from which every relative error is ``≤ tol``.
+
+    ``rel_err`` has one entry per rank; returns ``max(ranks) + 1`` if the last one is still above ``tol``.
+    """
+    import numpy as np
+
+    err = np.asarray(rel_err, dtype=float)
+    ranks = [int(r) for r in ranks]
+    if err.shape != (len(ranks),) or not ranks or sorted(set(ranks)) != ranks:
+        raise ValueError("need one error per rank and strictly increasing ranks")
+    if not np.isfinite(err).all():
+        raise ValueError("rel_err contains NaN or infinite values")
+    _positive(tol, "tol")
+    need = ranks[-1] + 1
+    for r, e in zip(reversed(ranks), reversed(err)):
+        if e > tol:
+            break
+        need = r
+    return need
+
+
+def random_linear_pair(D: int, n_layers: int, generator: torch.Generator, *, dist: str = "gaussian"
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A target ``W̄`` and frozen ``[W_1, …, W_L]`` with i.i.d. entries (float64): ``"gaussian"`` ``N(0, 1/D)``,
+    ``"uniform"`` on ``[−1/√D, 1/√D]`` (both continuous: the corollaries' hypothesis) or ``"sign"`` ``±1/√D``
+    (discrete: singular matrices and rank-deficient errors have positive probability)."""
+    check_rank(D, 10**5, "D")
+    check_rank(n_layers, 10**5, "n_layers")
+    if dist not in ENTRY_DISTS:
+        raise ValueError(f"dist must be one of {ENTRY_DISTS}, got {dist!r}")
+    kw = dict(generator=generator, dtype=torch.float64)
+    if dist == "gaussian":
+        M = torch.randn(n_layers + 1, D, D, **kw)
+    elif dist == "uniform":
+        M = 2.0 * torch.rand(n_layers + 1, D, D, **kw) - 1.0
+    else:
+        M = 2.0 * torch.randint(0, 2, (n_layers + 1, D, D), generator=generator).double() - 1.0
+    M = M / math.sqrt(D)
+    return M[0], list(M[1:])
+
+
+def linear_rank_needed(target: torch.Tensor, frozen: Sequence[torch.Tensor], *, tol: float = 1e-6) -> int:
+    """The smallest LoRA rank at which the adapters of :func:`linear_construction` match ``W̄`` exactly
+    (spectral error ``≤ tol · ‖E‖_2``), by bisection over ``1..D`` (the construction's error ``σ_{RL+1}(E)`` does
+    not increase with ``R``); ``D + 1`` if no rank does or if the construction refuses the instance (a singular
+    frozen layer or product: Lemma 1's hypothesis fails). Below the returned rank no adapters at all are exact:
+    ``∏(W_l + ΔW_l) − ∏W_l`` has rank at most ``RL``."""
+    D = _check_layers(list(frozen), "frozen")
+    check_matrix(target, "target", square=True)
+    if target.shape != (D, D):
+        raise ValueError(f"target has shape {tuple(target.shape)}, expected ({D}, {D})")
+    _positive(tol, "tol")
+    nE = torch.linalg.matrix_norm(target - chain_product(list(frozen)), 2).item()
+    if nE == 0:
+        return 1
+
+    def exact(R: int) -> bool | None:
+        try:
+            deltas = linear_construction(target, list(frozen), R)
+        except ValueError:
+            return None
+        adapted = chain_product([W + d for W, d in zip(frozen, deltas)])
+        return torch.linalg.matrix_norm(adapted - target, 2).item() <= tol * nE
+
+    lo, hi = 1, D                       # invariant: the answer lies in [lo, hi] if rank D is exact
+    top = exact(D)
+    if not top:
+        return D + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        ok = exact(mid)
+        if ok is None:
+            return D + 1
+        lo, hi = (lo, mid) if ok else (mid + 1, hi)
+    return lo
+
+
+def close_in_rank(target_w: torch.Tensor, frozen_w: torch.Tensor, partition: Sequence[Sequence[int]],
+                  ranks: Sequence[int | None], generator: torch.Generator) -> torch.Tensor:
+    """Frozen weights moved so that group ``i`` of ``partition`` differs from target layer ``i`` by rank ``ranks[i]``.
+
+    The last layer ``l`` of group ``i`` is replaced by ``W_l = (W̄_i − U S Vᵀ)(W_{l−1}⋯W_{first})^{-1}`` with
+    ``U, V ∈ R^{D×k}`` random orthonormal columns and ``S`` diagonal, entries uniform on ``[0.25, 0.5]``, so
+    ``W̄_i − ∏_{P_i} W = U S Vᵀ`` has rank ``k`` with well-separated non-zero singular values (a frozen model
+    already close to the target "in rank", as after a low-rank update); ``None`` leaves the group unchanged.
+
+    Parameters
+    ----------
+    target_w (L̄, D, D), frozen_w (L, D, D) : float64 weights; partition : L̄ consecutive groups of ``0..L−1``;
+    ranks : L̄ entries, each ``None`` or an integer in ``[0, D]``.
+
+    Returns
+    -------
+    (L, D, D) new frozen weights (the input is not modified).
+    """
+    if target_w.dim() != 3 or frozen_w.dim() != 3:
+        raise ValueError("need target_w (L̄, D, D) and frozen_w (L, D, D)")
+    D = _check_layers(list(frozen_w), "frozen_w")
+    _check_layers(list(target_w), "target_w", D)
+    groups = _check_partition(partition, frozen_w.shape[0], target_w.shape[0])
+    if isinstance(ranks, (str, bytes)) or len(ranks) != len(groups):
+        raise ValueError(f"ranks must have one entry per target layer ({len(groups)})")
+    out = frozen_w.clone()
+    for i, (g, k) in enumerate(zip(groups, ranks)):
+        if k is None:
+            continue
+        check_rank(k, D, "ranks entry", allow_zero=True)
+        U = torch.linalg.qr(torch.randn(D, D, generator=generator, dtype=out.dtype))[0][:, :k]
+        V = torch.linalg.qr(torch.randn(D, D, generator=generator, dtype=out.dtype))[0][:, :k]
+        sv = 0.25 + 0.25 * torch.rand(k, generator=generator, dtype=out.dtype)
+        goal = target_w[i] - (U * sv) @ V.T
+        if len(g) > 1:
+            before = chain_product([out[l] for l in g[:-1]])
+            _check_nonsingular(before, f"the product of group {i} before its last layer")
+            goal = torch.linalg.solve(before.T, goal.T).T
+        out[g[-1]] = goal
+    return out
+
+
+def construction_curve(target_w: torch.Tensor, target_b: torch.Tensor, frozen_w: torch.Tensor,
+                       frozen_b: torch.Tensor, ranks: Sequence[int], input_radius: float,
+                       xs: Sequence[torch.Tensor], *, partition: Sequence[Sequence[int]] | None = None
+                       ) -> torch.Tensor:
+    """Relative test error of the construction at each rank, on each input set: MSE / frozen model's MSE.
+
+    The construction is :func:`fnn_construction` (uniform partition) or, with ``partition``,
+    :func:`partition_construction`, certified on the ball of radius ``input_radius``.
+
+    Parameters
+    ----------
+    target_w (L̄, D, D), target_b (L̄, D), frozen_w (L, D, D), frozen_b (L, D) : one float64 instance.
+    ranks : ranks in ``[1, D]``; xs : input sets, each (n, D).
+
+    Returns
+    -------
+    (len(ranks), len(xs)) float64 tensor.
+    """
+    if target_w.dim() != 3 or frozen_w.dim() != 3 or frozen_b.shape != frozen_w.shape[:2]:
+        raise ValueError("need target_w (L̄, D, D), target_b (L̄, D), frozen_w (L, D, D), frozen_b (L, D)")
+    xs = list(xs)
+    if not xs or any(not isinstance(x, torch.Tensor) or x.dim() != 2 for x in xs):
+        raise ValueError("xs must be a non-empty list of (n, D) input sets")
+    ys = [fnn_forward(x, target_w, target_b) for x in xs]
+    zero = [(fnn_forward(x, frozen_w, frozen_b) - y).square().sum(-1).mean() for x, y in zip(xs, ys)]
+    if any(z <= 0 for z in zero):
+        raise ValueError("the frozen model already equals the target on an input set (zero error)")
+    out = torch.zeros(len(ranks), len(xs), dtype=torch.float64)
+    for j, R in enumerate(ranks):
+        if partition is None:
+            deltas, biases = fnn_construction(list(target_w), list(target_b), list(frozen_w), int(R),
+                                              input_radius)
+        else:
+            deltas, biases = partition_construction(list(target_w), list(target_b), list(frozen_w), partition,
+                                                    int(R), input_radius)
+        W = [w + d for w, d in zip(frozen_w, deltas)]
+        for i, (x, y, z) in enumerate(zip(xs, ys, zero)):
+            out[j, i] = (fnn_forward(x, W, biases) - y).square().sum(-1).mean() / z
+    return out

@@ -23,6 +23,12 @@ Public API
   weight, and the paper's construction for them (rank ⌈D/2⌉ on attention, updated feed-forward biases and last
   output weight).
 * :func:`uniform_inputs` — inputs uniform on a cube, drawn on the CPU.
+* :func:`paper_fnn_instance`, :func:`gaussian_inputs`, :func:`gaussian_radius`, :func:`train_lora_gaussian`,
+  :func:`pretrain_frozen` — the paper's own settings: its initialisations, Gaussian and shifted inputs, trained
+  biases, frozen models pretrained towards the target.
+* :func:`partition_construction`, :func:`partition_threshold`, :func:`close_in_rank`, :func:`rank_needed`,
+  :func:`construction_curve` — general partitions and the rank a construction needs.
+* :func:`random_linear_pair`, :func:`linear_rank_needed` — the random-model results as a computed check.
 """
 from __future__ import annotations
 

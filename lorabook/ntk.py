@@ -15,7 +15,7 @@ LoRA ``δ_p = B_p A_pᵀ`` with weight decay ``λ/2 (‖A‖_F² + ‖B‖_F²)`
 * :func:`rank_threshold` / :func:`pataki_rank` — the rank conditions of Theorems 4.1 and 3.1;
 * :func:`per_example_jacobian`, :func:`linearised_predict`, :func:`predict_with_delta` — linearisation of any
   ``nn.Module`` with ``torch.func``;
-* :class:`LinearisedProblem` — the convex problem (squared error or logistic loss), with
+* :class:`LinearisedProblem` — the convex problem (squared error, logistic or softmax cross-entropy loss), with
   :func:`proximal_gradient` (FISTA with restarts and singular-value soft-thresholding, or plain proximal
   gradient) and :func:`certificate` (duality gap and KKT residual);
 * :func:`reduce_rank` — the constructive rank reduction behind Theorem 3.1;
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from .checks import check_positive_int
 from .config import few_threads
 
-LOSSES = ("mse", "logistic")
+LOSSES = ("mse", "logistic", "ce")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -200,25 +200,76 @@ def predict_with_delta(module: nn.Module, names: Sequence[str], delta: torch.Ten
 # ----------------------------------------------------------------------------------------------------------
 # losses
 # ----------------------------------------------------------------------------------------------------------
+def class_targets(y, K: int, *, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """Targets of the softmax cross-entropy as ``(N, K)`` rows of the probability simplex.
+
+    ``y`` is either ``(N,)`` integer class indices in ``{0, …, K−1}`` (returned one-hot) or ``(N, K)`` rows that
+    are non-negative and sum to 1 (one-hot or soft labels). ``K ≥ 2``. Anything else raises ``ValueError``.
+    """
+    check_positive_int(K, "K")
+    if K < 2:
+        raise ValueError(f"the cross-entropy loss needs K >= 2 classes, got K = {K}")
+    y = torch.as_tensor(y, device=device)
+    if y.dim() == 2 and y.shape[1] == 1 and K > 1 and not y.is_floating_point():
+        y = y[:, 0]
+    if y.dim() == 1:
+        if y.is_floating_point():
+            if not torch.isfinite(y).all() or (y != y.round()).any():
+                raise ValueError("class labels must be integers in {0, ..., K-1}")
+            y = y.round().long()
+        if y.numel() == 0 or int(y.min()) < 0 or int(y.max()) >= K:
+            raise ValueError(f"class labels must lie in {{0, ..., {K - 1}}}, got range "
+                             f"[{int(y.min()) if y.numel() else None}, {int(y.max()) if y.numel() else None}]")
+        return nn.functional.one_hot(y.long(), K).to(dtype)
+    if y.dim() != 2 or y.shape[1] != K:
+        raise ValueError(f"cross-entropy targets must be (N,) class indices or (N, {K}) simplex rows, got "
+                         f"shape {tuple(y.shape)}")
+    y = y.to(dtype)
+    if not torch.isfinite(y).all() or (y < 0).any() or \
+            not torch.allclose(y.sum(-1), torch.ones((), dtype=dtype, device=y.device), atol=1e-9):
+        raise ValueError("cross-entropy target rows must be non-negative and sum to 1")
+    return y
+
+
 def per_example_loss(f: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """``ℓ(f_i, y_i)`` for outputs ``f`` ``(..., N, K)``: ``(..., N)``.
 
     ``mse``: ``½‖f − y‖²`` with ``y`` ``(N, K)``. ``logistic`` (K = 1): ``log(1 + e^f) − y f`` with labels
-    ``y ∈ {0, 1}`` of shape ``(N, 1)``.
+    ``y ∈ {0, 1}`` of shape ``(N, 1)``. ``ce`` (softmax cross-entropy, K ≥ 2):
+    ``log Σ_k e^{f_k} − ⟨y, f⟩`` with ``y`` ``(N, K)`` simplex rows (one-hot labels) or ``(N,)`` class indices.
     """
     if loss == "mse":
         return 0.5 * (f - y).square().sum(-1)
     if loss == "logistic":
         return (nn.functional.softplus(f) - y * f).sum(-1)
+    if loss == "ce":
+        if y.dim() == 1 or y.shape[-1] != f.shape[-1] or not y.is_floating_point():
+            y = class_targets(y, f.shape[-1], dtype=f.dtype, device=f.device)
+        return torch.logsumexp(f, -1) - (y * f).sum(-1)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
 def _loss_conjugate(w: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, N: int, loss: str) -> torch.Tensor:
-    """F*(w) for F(z) = (1/N) Σ_i ℓ(f0_i + z_i, y_i); ``w`` ``(N, K)``."""
+    """F*(w) for F(z) = (1/N) Σ_i ℓ(f0_i + z_i, y_i); ``w`` ``(N, K)``.
+
+    Logistic and cross-entropy: ``F*(w) = (1/N) Σ_i [φ(N w_i + y_i) − N ⟨w_i, f0_i⟩]`` with ``φ`` the negative
+    (binary, resp. Shannon) entropy of ``s = N w_i + y_i``, which must lie in ``[0, 1]`` (logistic) or in the
+    simplex (cross-entropy), else ``F* = +∞``. The dual points built by :func:`certificate` are of the form
+    ``s = t·p + (1 − t)·y`` with ``p`` the model's probabilities and ``t ∈ [0, 1]``, so they are feasible; rounding
+    is clamped away.
+    """
     if loss == "mse":
         return (w * (y - f0)).sum() + 0.5 * N * w.square().sum()
-    s = (N * w + y).clamp(0.0, 1.0)
-    ent = torch.special.xlogy(s, s) + torch.special.xlogy(1 - s, 1 - s)
+    s = N * w + y
+    if loss == "ce":
+        tol = 1e-6
+        if (s < -tol).any() or (s.sum(-1) - 1).abs().max() > tol:
+            return torch.tensor(math.inf, dtype=w.dtype, device=w.device)
+        s = s.clamp(0.0, 1.0)
+        ent = torch.special.xlogy(s, s)
+    else:
+        s = s.clamp(0.0, 1.0)
+        ent = torch.special.xlogy(s, s) + torch.special.xlogy(1 - s, 1 - s)
     return (ent - N * w * f0).sum() / N
 
 
@@ -233,9 +284,11 @@ class LinearisedProblem:
     ----------
     G : ``(N, K, P, m, n)`` per-example gradients (a 4-D ``(N, K, m, n)`` tensor means ``P = 1``).
     f0 : ``(N, K)`` pretrained outputs.
-    y : ``(N, K)`` targets (``mse``) or ``(N, 1)`` / ``(N,)`` labels in {0, 1} (``logistic``, K = 1).
+    y : ``(N, K)`` targets (``mse``); ``(N, 1)`` / ``(N,)`` labels in {0, 1} (``logistic``, K = 1);
+        ``(N,)`` class indices in ``{0, …, K−1}`` or ``(N, K)`` one-hot / simplex rows (``ce``, K ≥ 2; stored
+        as ``(N, K)`` rows).
     lam : regularisation ``λ ≥ 0`` (nuclear norm; equivalently LoRA weight decay).
-    loss : ``"mse"`` or ``"logistic"``.
+    loss : ``"mse"``, ``"logistic"`` or ``"ce"`` (softmax cross-entropy over the K outputs).
     """
 
     G: torch.Tensor
@@ -263,6 +316,8 @@ class LinearisedProblem:
             self.f0 = self.f0[:, None]
         if self.f0.shape != (N, K) or not torch.isfinite(self.f0).all():
             raise ValueError(f"f0 must be finite with shape (N, K) = ({N}, {K}), got {tuple(self.f0.shape)}")
+        if self.loss == "ce":
+            self.y = class_targets(self.y, K, dtype=self.G.dtype, device=self.G.device)
         self.y = torch.as_tensor(self.y, dtype=self.G.dtype, device=self.G.device)
         if self.y.dim() == 1:
             self.y = self.y[:, None]
@@ -326,7 +381,12 @@ class LinearisedProblem:
     def output_grad(self, delta: torch.Tensor) -> torch.Tensor:
         """``∂L̂/∂z_i`` at the outputs: ``(N, K)`` for a single ``δ`` ``(P, m, n)``."""
         f = self.outputs(delta)
-        r = f - self.y if self.loss == "mse" else torch.sigmoid(f) - self.y
+        if self.loss == "mse":
+            r = f - self.y
+        elif self.loss == "logistic":
+            r = torch.sigmoid(f) - self.y
+        else:
+            r = torch.softmax(f, -1) - self.y
         return r / self.N
 
     def adjoint(self, u: torch.Tensor) -> torch.Tensor:
@@ -338,10 +398,12 @@ class LinearisedProblem:
         return self.adjoint(self.output_grad(delta))
 
     def lipschitz(self) -> float:
-        """Lipschitz constant of ``∇L̂``: ``c ‖G‖²_op / N`` with ``c = 1`` (mse) or ``1/4`` (logistic)."""
+        """Lipschitz constant of ``∇L̂``: ``c ‖G‖²_op / N`` with ``c = 1`` (mse), ``1/4`` (logistic) or ``1/2``
+        (cross-entropy: the softmax Hessian ``diag(p) − p pᵀ`` has norm ≤ 1/2)."""
         if self._L is None:
-            gram = self._Gmat @ self._Gmat.T
-            c = 1.0 if self.loss == "mse" else 0.25
+            Gm = self._Gmat
+            gram = Gm @ Gm.T if Gm.shape[0] <= Gm.shape[1] else Gm.T @ Gm
+            c = {"mse": 1.0, "logistic": 0.25, "ce": 0.5}[self.loss]
             self._L = max(c * float(torch.linalg.eigvalsh(gram)[-1]) / self.N, 1e-300)
         return self._L
 
@@ -925,9 +987,14 @@ def generalisation_bound(rademacher: float, lipschitz: float, loss_range: float,
 def synthetic_problem(N: int, K: int, m: int, n: int, lam: float, *, generator: torch.Generator,
                       loss: str = "mse", P: int = 1, dtype=torch.float64) -> LinearisedProblem:
     """A random linearised problem: Gaussian ``G`` ``(N, K, P, m, n)`` scaled so that ``‖G‖²_op/N ≈ 1``·c,
-    ``f0 = 0`` and targets from a random rank-2 teacher plus noise (mse) or its signs (logistic)."""
+    ``f0 = 0`` and targets from a random rank-2 teacher plus noise (mse), its signs (logistic) or the index of
+    its largest noisy output (``ce``, K ≥ 2 classes)."""
     for v, nm in ((N, "N"), (K, "K"), (m, "m"), (n, "n"), (P, "P")):
         check_positive_int(v, nm)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "ce" and K < 2:
+        raise ValueError(f"the cross-entropy loss needs K >= 2 classes, got K = {K}")
     G = torch.randn(N, K, P, m, n, generator=generator, dtype=dtype)
     G = G * math.sqrt(N) / torch.linalg.matrix_norm(G.reshape(N * K, -1), ord=2)
     r0 = min(2, m, n)
@@ -939,6 +1006,8 @@ def synthetic_problem(N: int, K: int, m: int, n: int, lam: float, *, generator: 
     noise = torch.randn(N, K, generator=generator, dtype=dtype)
     if loss == "mse":
         y = z + 0.5 * noise
+    elif loss == "ce":
+        y = (z + 0.5 * noise).argmax(-1)
     else:
         if K != 1:
             raise ValueError("the logistic loss needs K = 1")
@@ -967,3 +1036,4 @@ def reduce_rank(problem: LinearisedProblem, delta: torch.Tensor, **kw) -> tuple[
 
 
 reduce_rank.__doc__ = _reduce_rank.__doc__
+

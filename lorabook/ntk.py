@@ -1037,3 +1037,111 @@ def reduce_rank(problem: LinearisedProblem, delta: torch.Tensor, **kw) -> tuple[
 
 reduce_rank.__doc__ = _reduce_rank.__doc__
 
+
+
+# --- second-order conditions and Theorem 5.1 ---
+def _check_factors(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor) -> None:
+    P, m, n = problem.shape
+    if not isinstance(B, torch.Tensor) or not isinstance(A, torch.Tensor) or B.dim() != 3 or A.dim() != 3 \
+            or B.shape[:2] != (P, m) or A.shape[:2] != (P, n) or B.shape[2] != A.shape[2] or B.shape[2] < 1:
+        raise ValueError(f"need B ({P}, {m}, r) and A ({P}, {n}, r) with r >= 1, got "
+                         f"{tuple(getattr(B, 'shape', ()))} and {tuple(getattr(A, 'shape', ()))}")
+    if not (torch.isfinite(B).all() and torch.isfinite(A).all()):
+        raise ValueError("B and A must be finite")
+
+
+def lora_objective(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor,
+                   perturbation: torch.Tensor | None = None) -> torch.Tensor:
+    """The LoRA objective ``L̂(B Aᵀ) + λ/2 (‖A‖_F² + ‖B‖_F²) [+ ½ Σ_p tr(Z_pᵀ P Z_p)]`` at one point.
+
+    ``B`` ``(P, m, r)``, ``A`` ``(P, n, r)``, ``Z_p = [B_p; A_p]`` ``(m+n, r)``, ``perturbation`` ``(m+n, m+n)``
+    (PSD, Theorem 4.1's ε-perturbation in :func:`lora_gd`'s scaling). Returns a scalar tensor (differentiable).
+    """
+    _check_factors(problem, B, A)
+    obj = problem.data_loss(B @ A.transpose(-1, -2)) + 0.5 * problem.lam * (A.square().sum() + B.square().sum())
+    if perturbation is not None:
+        P_, m, n = problem.shape
+        if perturbation.shape != (m + n, m + n):
+            raise ValueError(f"perturbation must have shape ({m + n}, {m + n}), got {tuple(perturbation.shape)}")
+        Z = torch.cat([B, A], dim=1)
+        obj = obj + 0.5 * torch.einsum("pir,ij,pjr->", Z, perturbation, Z)
+    return obj
+
+
+@dataclass
+class SecondOrder:
+    """Second-order information of the LoRA objective at one point ``(B, A)`` (see :func:`second_order`).
+
+    ``grad_norm``: ``‖∇F‖`` over ``(B, A)``; ``hess_eigs``: the eigenvalues of the Hessian of ``F`` in
+    ``(B, A)`` (``P(m+n)r`` of them, ascending); ``hess_min`` the smallest; ``sym_dim`` the number
+    ``P·r(r−1)/2`` of zero eigenvalues forced at a stationary point by the rotations ``(B, A) ↦ (BQ, AQ)``;
+    ``hess_min_free`` the smallest eigenvalue after removing ``sym_dim`` eigenvalues nearest zero (the curvature
+    in the directions that change ``BAᵀ`` or the balance); ``grad_op_over_lam`` ``max_p ‖∇L̂(BAᵀ)_p‖_2 / λ``
+    (≤ 1 exactly when the convex problem's optimality condition holds at ``δ = BAᵀ``, given first-order
+    stationarity); ``z_sigma_min`` the smallest singular value of ``Z_p = [B_p; A_p]`` over ``p``, relative to
+    the largest (0: rank-deficient, the case of Lemmas 4.3/4.4).
+    """
+
+    grad_norm: float
+    hess_eigs: torch.Tensor
+    hess_min: float
+    sym_dim: int
+    hess_min_free: float
+    grad_op_over_lam: float
+    z_sigma_min: float
+
+
+def second_order(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor,
+                 perturbation: torch.Tensor | None = None) -> SecondOrder:
+    """Gradient, full Hessian spectrum and the convex optimality ratio of the LoRA objective at ``(B, A)``.
+
+    Parameters
+    ----------
+    B, A : ``(P, m, r)`` and ``(P, n, r)`` LoRA factors of one run (for :func:`lora_gd`'s output take
+        ``res.B[s, ..., :r]``, ``res.A[s, ..., :r]``).
+    perturbation : optional ``(m+n, m+n)`` PSD matrix of the perturbed objective.
+
+    The Hessian is formed exactly with ``torch.func.hessian`` (``P(m+n)r`` unknowns, fine up to a few hundred).
+    Returns a :class:`SecondOrder`.
+    """
+    from torch.func import hessian
+
+    _check_factors(problem, B, A)
+    if problem.lam <= 0:
+        raise ValueError("second_order needs lam > 0 (the ratio ||grad||_op / lam)")
+    P, m, n = problem.shape
+    r = B.shape[2]
+    nB = B.numel()
+    x0 = torch.cat([B.reshape(-1), A.reshape(-1)]).detach().to(problem.G.dtype)
+    if x0.numel() > 4000:
+        raise ValueError(f"the Hessian would have {x0.numel()}² entries; too large")
+
+    def f(x):
+        return lora_objective(problem, x[:nB].reshape(P, m, r), x[nB:].reshape(P, n, r), perturbation)
+
+    xg = x0.clone().requires_grad_(True)
+    g, = torch.autograd.grad(f(xg), xg)
+    H = hessian(f)(x0)
+    ev = torch.linalg.eigvalsh(0.5 * (H + H.T))
+    sym = P * r * (r - 1) // 2
+    if sym:
+        near = ev.abs().argsort()[:sym]
+        keep = torch.ones_like(ev, dtype=torch.bool)
+        keep[near] = False
+        free = float(ev[keep].min())
+    else:
+        free = float(ev[0])
+    Bd, Ad = B.detach().to(problem.G.dtype), A.detach().to(problem.G.dtype)
+    grad_delta = problem.grad(Bd @ Ad.transpose(-1, -2))
+    op = float(singular_values(grad_delta)[..., 0].max())
+    sz = singular_values(torch.cat([Bd, Ad], dim=1))
+    zmin = float((sz[..., -1] / sz[..., 0].clamp_min(1e-300)).min())
+    return SecondOrder(float(g.norm()), ev, float(ev[0]), sym, free, op / problem.lam, zmin)
+
+
+def pad_zero_column(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, A)`` ``(P, m, r)``, ``(P, n, r)`` with one zero column appended: the same ``δ = BAᵀ`` as a rank-(r+1)
+    LoRA point whose ``Z = [B; A]`` is rank-deficient (the situation of Lemmas 4.3/4.4)."""
+    if B.dim() != 3 or A.dim() != 3:
+        raise ValueError("B and A must be (P, m, r) and (P, n, r)")
+    return (torch.cat([B, B.new_zeros(*B.shape[:2], 1)], -1), torch.cat([A, A.new_zeros(*A.shape[:2], 1)], -1))

@@ -454,3 +454,41 @@ def test_ce_needs_two_classes():
         ntk.synthetic_problem(4, 2, 2, 2, 0.1, generator=_gen(0), loss="hinge")
     with pytest.raises(ValueError, match="lie in"):
         ntk.per_example_loss(torch.zeros(2, 3), torch.tensor([0, 3]), "ce")
+
+
+# ---------------------------------------------------------------- second-order conditions
+def test_second_order_matches_finite_differences_and_escape_identity():
+    pr = _problem(N=4, K=2, m=4, n=3, lam_frac=0.3, seed=9)
+    B = torch.randn(1, 4, 2, dtype=torch.float64, generator=_gen(1))
+    A = torch.randn(1, 3, 2, dtype=torch.float64, generator=_gen(2))
+    so = ntk.second_order(pr, B, A)
+    x = torch.cat([B.reshape(-1), A.reshape(-1)])
+    f = lambda v: float(ntk.lora_objective(pr, v[:8].reshape(1, 4, 2), v[8:].reshape(1, 3, 2)))  # noqa: E731
+    g_fd = torch.tensor([(f(x + 1e-6 * e) - f(x - 1e-6 * e)) / 2e-6 for e in torch.eye(14, dtype=torch.float64)])
+    assert abs(float(g_fd.norm()) - so.grad_norm) < 1e-6
+    assert so.hess_eigs.shape == (14,) and so.sym_dim == 1
+    # a zero column decouples: at a stationary point the padded Hessian has lam - ||grad||_2 as an eigenvalue
+    B0, A0, rk = ntk.lora_init(pr.shape, [1], 1, init_std=0.3, zero_B=False, generator=_gen(3))
+    st = ntk.lora_gd(pr, B0, A0, rk, 4000, 0.3)
+    Bp, Ap = ntk.pad_zero_column(st.B[0], st.A[0])
+    sp = ntk.second_order(pr, Bp, Ap)
+    pred = pr.lam * (1 - sp.grad_op_over_lam)
+    assert float((sp.hess_eigs - pred).abs().min()) < 1e-10
+    assert sp.z_sigma_min == 0.0
+
+
+def test_second_order_validation():
+    pr = _problem(N=4, K=1, m=4, n=3, lam_frac=0.3)
+    with pytest.raises(ValueError, match="need B"):
+        ntk.second_order(pr, torch.zeros(1, 3, 2, dtype=torch.float64), torch.zeros(1, 3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="finite"):
+        ntk.second_order(pr, torch.full((1, 4, 1), float("nan"), dtype=torch.float64),
+                         torch.zeros(1, 3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="lam > 0"):
+        pr0 = ntk.LinearisedProblem(pr.G, pr.f0, pr.y, 0.0)
+        ntk.second_order(pr0, torch.zeros(1, 4, 1, dtype=torch.float64), torch.zeros(1, 3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="perturbation must have shape"):
+        ntk.lora_objective(pr, torch.zeros(1, 4, 1, dtype=torch.float64), torch.zeros(1, 3, 1, dtype=torch.float64),
+                           torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="B and A"):
+        ntk.pad_zero_column(torch.zeros(4, 1), torch.zeros(3, 1))

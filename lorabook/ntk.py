@@ -1145,3 +1145,84 @@ def pad_zero_column(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, tor
     if B.dim() != 3 or A.dim() != 3:
         raise ValueError("B and A must be (P, m, r) and (P, n, r)")
     return (torch.cat([B, B.new_zeros(*B.shape[:2], 1)], -1), torch.cat([A, A.new_zeros(*A.shape[:2], 1)], -1))
+
+
+def theorem51_lambda(R: float, N: int, eta: float = 0.05) -> float:
+    """The regularisation our restatement of Theorem 5.1 prescribes: ``λ = 4τ``, ``τ = (2R/√N)(2 + √ln(2/η))``.
+
+    ``τ·D`` bounds, with probability ``≥ 1 − η``, the uniform deviation of the centred cross-entropy risk
+    ``sup_{Σ‖δ_p‖_* ≤ D} |(L̂(δ) − L̂(0)) − (L(δ) − L(0))|`` for gradients with ``‖G(x)‖_F ≤ R`` almost surely
+    (vector contraction with the loss's Lipschitz constant √2, Lemma C.4's Rademacher bound ``D R/√N`` and
+    McDiarmid with differences ``2√2 R D/N``, two-sided). ``R > 0``, ``N`` a positive integer, ``η ∈ (0, 1)``.
+    """
+    check_positive_int(N, "N")
+    if not (isinstance(R, (int, float)) and math.isfinite(R) and R > 0):
+        raise ValueError(f"R must be a positive number, got {R!r}")
+    if not 0 < eta < 1:
+        raise ValueError(f"eta must lie in (0, 1), got {eta}")
+    return 4 * (2 * R / math.sqrt(N)) * (2 + math.sqrt(math.log(2 / eta)))
+
+
+def theorem51_bound(R: float, N: int, nuclear_true: float, eps: float = 0.0, eta: float = 0.05) -> float:
+    """Excess population risk bound ``3 λ ‖δ_true‖_* + 2ε`` of our restatement of Theorem 5.1.
+
+    With ``λ`` = :func:`theorem51_lambda` and ``δ̂`` any ``ε``-minimiser of ``L̂(δ) + λ Σ_p‖δ_p‖_*`` (e.g. ``BAᵀ``
+    at a second-order stationary point of the perturbed LoRA objective, by Theorem 4.1 and Corollary 4.2), with
+    probability ``≥ 1 − η``: ``L(δ̂) − L(δ_true) ≤ 3λ‖δ_true‖_* + 2ε``.
+    """
+    for v, nm in ((nuclear_true, "nuclear_true"), (eps, "eps")):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{nm} must be a finite non-negative number, got {v!r}")
+    return 3 * theorem51_lambda(R, N, eta) * nuclear_true + 2 * eps
+
+
+def bounded_gradient_sample(N: int, shape: tuple[int, int, int, int], R: float, *, generator: torch.Generator,
+                            sigma: float = 0.3, dtype=torch.float64) -> torch.Tensor:
+    """Per-example gradients ``G`` ``(N, K, P, m, n)`` with ``‖G_i‖_F = R`` exactly (Theorem 5.1's a.s. bound).
+
+    ``shape = (K, P, m, n)``, ``K ≥ 2``. Before normalisation ``G_i = s_i · c ⊗ e_1 e_1ᵀ + σ W_i`` with ``s_i``
+    standard normal, ``c`` the class contrast ``(1, −1, 0, …)/√2`` and ``W_i`` Gaussian: a dominant shared direction
+    (so that a teacher along ``e_1 e_1ᵀ`` gives logits of size ``≈ R‖δ‖_*``) plus isotropic noise (so that every
+    direction of ``δ`` is identifiable).
+    """
+    check_positive_int(N, "N")
+    if len(shape) != 4:
+        raise ValueError(f"shape must be (K, P, m, n), got {shape}")
+    K, P, m, n = shape
+    for v, nm in ((K, "K"), (P, "P"), (m, "m"), (n, "n")):
+        check_positive_int(v, nm)
+    if K < 2:
+        raise ValueError(f"need K >= 2 classes, got {K}")
+    if not (math.isfinite(R) and R > 0 and math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"need R > 0 and sigma >= 0, got R={R}, sigma={sigma}")
+    s = torch.randn(N, generator=generator, dtype=dtype)
+    G = sigma * torch.randn(N, K, P, m, n, generator=generator, dtype=dtype)
+    G[:, 0, :, 0, 0] += s[:, None] / math.sqrt(2)
+    G[:, 1, :, 0, 0] -= s[:, None] / math.sqrt(2)
+    return G * (R / G.flatten(1).norm(dim=1).clamp_min(1e-300))[:, None, None, None, None]
+
+
+def ce_excess_risk(G: torch.Tensor, f0: torch.Tensor, delta: torch.Tensor, delta_true: torch.Tensor,
+                   *, chunk: int = 200_000) -> tuple[float, float]:
+    """Excess population cross-entropy risk ``L(δ) − L(δ_true)`` of a well-specified softmax model, estimated on
+    a fresh sample, and its standard error.
+
+    Labels follow ``y | x ~ softmax(f0(x) + ⟨G(x), δ_true⟩)``, so ``E[ℓ(f_δ, y) − ℓ(f_true, y) | x] =
+    KL(p_true(x) ‖ p_δ(x))``: the label noise is integrated exactly and only the draw of ``x`` is Monte Carlo.
+    ``G`` ``(M, K, P, m, n)`` and ``f0`` ``(M, K)`` a fresh sample; ``delta``, ``delta_true`` ``(P, m, n)``.
+    Returns ``(mean, standard error)``.
+    """
+    if not isinstance(G, torch.Tensor) or G.dim() != 5:
+        raise ValueError(f"G must have shape (M, K, P, m, n), got {tuple(getattr(G, 'shape', ()))}")
+    M, K = G.shape[:2]
+    if f0.shape != (M, K) or delta.shape != G.shape[2:] or delta_true.shape != G.shape[2:]:
+        raise ValueError("f0 must be (M, K) and delta, delta_true (P, m, n) matching G")
+    kl = []
+    for i in range(0, M, chunk):
+        Gm = G[i:i + chunk].reshape(-1, delta.numel())
+        z = f0[i:i + chunk] + (Gm @ delta.reshape(-1).to(G.dtype)).reshape(-1, K)
+        zt = f0[i:i + chunk] + (Gm @ delta_true.reshape(-1).to(G.dtype)).reshape(-1, K)
+        lt = torch.log_softmax(zt, -1)
+        kl.append((lt.exp() * (lt - torch.log_softmax(z, -1))).sum(-1))
+    kl = torch.cat(kl)
+    return float(kl.mean()), float(kl.std() / math.sqrt(M))

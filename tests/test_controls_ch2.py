@@ -1,5 +1,7 @@
 """Negative controls of chapter 2's theorem claims: the same check as in the notebook, on an input where the
 theorem's hypothesis is violated (or its conclusion is false), must fail; the genuine input must pass."""
+import functools
+
 import torch
 
 import lorabook as lb
@@ -105,3 +107,39 @@ def test_lemma43_rank_deficient_sosp_passes():
         so, sosp, gap = _lemma43_measure(prob, F_star, run.B[s], run.A[s])
         assert sosp
         assert evaluate(gap, "<=", GAP_TOL).passed
+
+
+@functools.lru_cache(maxsize=1)
+def _theorem51_setting(N=400_000, M=50_000):
+    """The notebook's Theorem 5.1 instance at one N: (problem, delta_true, population sample)."""
+    gen = torch.Generator().manual_seed(51)
+    shape, R = (2, 1, 2, 2), 1.0
+    G_pop = ntk.bounded_gradient_sample(M, shape, R, generator=gen, sigma=0.1)
+    delta_true = torch.zeros(shape[1:], dtype=torch.float64)
+    delta_true[0, 0, 0] = 2.0
+    G = ntk.bounded_gradient_sample(N, shape, R, generator=gen, sigma=0.1)
+    y = torch.multinomial(torch.softmax(torch.einsum("nkpij,pij->nk", G, delta_true), -1), 1, generator=gen)[:, 0]
+    prob = ntk.LinearisedProblem(G, torch.zeros(N, 2, dtype=torch.float64), y, ntk.theorem51_lambda(R, N), "ce")
+    return prob, delta_true, G_pop
+
+
+def _theorem51_ratio(prob, delta_true, G_pop, delta, eps):
+    exc, se = ntk.ce_excess_risk(G_pop, torch.zeros(G_pop.shape[0], 2, dtype=torch.float64), delta, delta_true)
+    return (exc + 2 * se) / ntk.theorem51_bound(1.0, prob.N, 2.0, eps)
+
+
+def test_theorem51_solution_passes():
+    prob, delta_true, G_pop = _theorem51_setting()
+    res = ntk.proximal_gradient(prob, 20_000, tol=1e-13)
+    assert evaluate(_theorem51_ratio(prob, delta_true, G_pop, res.delta, res.cert.gap), "<=", 1).passed
+
+
+def test_theorem51_fails_at_a_saddle():
+    # Z = [B; A] = 0 is a rank-deficient first-order stationary point of the LoRA objective, but not a second-order
+    # one (its Hessian has the eigenvalue lambda - lambda_max < 0): the hypothesis fails, and so does the bound
+    prob, delta_true, G_pop = _theorem51_setting()
+    zero = prob.zeros()
+    so = ntk.second_order(prob, zero[..., :1].expand(1, 2, 1).clone(), zero[..., :1].expand(1, 2, 1).clone())
+    assert so.grad_norm == 0 and so.hess_min < 0
+    assert abs(so.hess_min - (prob.lam - prob.lambda_max())) < 1e-12
+    assert not evaluate(_theorem51_ratio(prob, delta_true, G_pop, zero, 0.0), "<=", 1).passed

@@ -492,3 +492,41 @@ def test_second_order_validation():
                            torch.eye(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="B and A"):
         ntk.pad_zero_column(torch.zeros(4, 1), torch.zeros(3, 1))
+
+
+# ---------------------------------------------------------------- Theorem 5.1 (restated)
+def test_theorem51_lambda_and_bound():
+    lam = ntk.theorem51_lambda(1.0, 10_000, 0.05)
+    assert lam == pytest.approx(8 / 100 * (2 + math.sqrt(math.log(40))))
+    assert ntk.theorem51_lambda(2.0, 40_000, 0.05) == pytest.approx(lam)   # ∝ R/√N
+    assert ntk.theorem51_bound(1.0, 10_000, 2.0, 0.1) == pytest.approx(6 * lam + 0.2)
+    for bad in (dict(R=0.0, N=10), dict(R=1.0, N=0), dict(R=1.0, N=10, eta=1.0)):
+        with pytest.raises(ValueError):
+            ntk.theorem51_lambda(**bad)
+    with pytest.raises(ValueError, match="eps"):
+        ntk.theorem51_bound(1.0, 10, 1.0, -0.1)
+
+
+def test_bounded_gradient_sample_and_excess_risk():
+    G = ntk.bounded_gradient_sample(500, (3, 1, 2, 3), 2.0, generator=_gen(0))
+    assert G.shape == (500, 3, 1, 2, 3)
+    assert torch.allclose(G.flatten(1).norm(dim=1), torch.full((500,), 2.0, dtype=torch.float64))
+    d_true = torch.zeros(1, 2, 3, dtype=torch.float64)
+    d_true[0, 0, 0] = 1.5
+    f0 = torch.zeros(500, 3, dtype=torch.float64)
+    zero, se = ntk.ce_excess_risk(G, f0, d_true, d_true)
+    assert zero == 0.0 and se == 0.0
+    # the excess risk is the difference of expected cross-entropies under the true label law
+    d = torch.randn(1, 2, 3, dtype=torch.float64, generator=_gen(1))
+    ex, _ = ntk.ce_excess_risk(G, f0, d, d_true, chunk=77)
+    zt = torch.einsum("nkpij,pij->nk", G, d_true)
+    z = torch.einsum("nkpij,pij->nk", G, d)
+    pt = torch.softmax(zt, -1)
+    direct = float((pt * (torch.log_softmax(zt, -1) - torch.log_softmax(z, -1))).sum(-1).mean())
+    assert ex == pytest.approx(direct, abs=1e-14) and ex > 0
+    with pytest.raises(ValueError, match="K >= 2"):
+        ntk.bounded_gradient_sample(5, (1, 1, 2, 2), 1.0, generator=_gen(0))
+    with pytest.raises(ValueError, match="R > 0"):
+        ntk.bounded_gradient_sample(5, (2, 1, 2, 2), -1.0, generator=_gen(0))
+    with pytest.raises(ValueError, match="f0 must be"):
+        ntk.ce_excess_risk(G, f0[:3], d, d_true)

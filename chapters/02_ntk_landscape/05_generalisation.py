@@ -189,7 +189,8 @@ print(
 # %% tags=["nbval-check-output"]
 # Tolerances: eps is the certified duality gap (≤ 1e-10 relative); the excess risk is a Monte
 # Carlo mean whose standard error (printed) is below 1e-3 of the bound, so we compare the mean
-# plus two standard errors. The SOSP test allows 1e-9 λ (the solver's KKT residual is ≈1e-12).
+# plus two standard errors. The SOSP test allows -1e-8 λ: the solver's KKT residual (≈1e-12 at
+# N = 3e5, ≈1e-7 at N = 1e6) bounds the negative curvature of the padded column.
 informative = tab[~tab.vacuous]
 lb.claim(
     "the ratio of excess population risk to the Theorem 5.1 bound at the smallest N",
@@ -219,7 +220,7 @@ lb.claim(
     "eigenvalue / lambda)",
     so.hess_min / prob.lam,
     ">=",
-    -1e-9,
+    -1e-8,
     kind="sanity",
 )
 if len(informative):

@@ -23,6 +23,10 @@ LoRA ``δ_p = B_p A_pᵀ`` with weight decay ``λ/2 (‖A‖_F² + ‖B‖_F²)`
   over initialisations and ranks; :func:`train_actual_lora` — the same on the real (non-linearised) model;
 * :class:`MiniLMHead` — MiniLM's last layer with the prompt-style zero-shot logit;
 * :func:`rademacher_bound` — the nuclear-norm-ball generalisation bound behind Theorem 5.1.
+* :func:`second_order`, :func:`lora_objective`, :func:`pad_zero_column` — exact Hessians of the LoRA objective and
+  the escape direction of Lemmas 4.3/4.4;
+* :func:`theorem51_lambda`, :func:`theorem51_bound`, :func:`bounded_gradient_sample`, :func:`ce_excess_risk` —
+  Theorem 5.1 restated with explicit constants, and a synthetic problem with a computable population risk.
 
 Memory: per-example gradients cost ``N·K·P·m·n`` numbers (32 examples, K = 1, query and value of MiniLM's
 384×384 last layer: 9.4 M floats ≈ 38 MB in float32), never the whole network's.

@@ -530,3 +530,12 @@ def test_bounded_gradient_sample_and_excess_risk():
         ntk.bounded_gradient_sample(5, (2, 1, 2, 2), -1.0, generator=_gen(0))
     with pytest.raises(ValueError, match="f0 must be"):
         ntk.ce_excess_risk(G, f0[:3], d, d_true)
+
+
+def test_ce_float32_problem_and_certificate():
+    pr = _ce_problem(N=8, K=3, m=4, n=5, lam_frac=0.2, seed=4)
+    p32 = ntk.LinearisedProblem(pr.G.float(), pr.f0.float(), pr.y.argmax(-1), pr.lam, "ce")
+    soft = torch.full((8, 3), 1 / 3, dtype=torch.float32)
+    ntk.LinearisedProblem(pr.G.float(), pr.f0.float(), soft, pr.lam, "ce")   # soft labels in float32
+    res = ntk.proximal_gradient(p32, 3000, tol=1e-5)
+    assert math.isfinite(res.cert.dual) and res.cert.rel_gap < 1e-4

@@ -15,7 +15,7 @@ LoRA ``δ_p = B_p A_pᵀ`` with weight decay ``λ/2 (‖A‖_F² + ‖B‖_F²)`
 * :func:`rank_threshold` / :func:`pataki_rank` — the rank conditions of Theorems 4.1 and 3.1;
 * :func:`per_example_jacobian`, :func:`linearised_predict`, :func:`predict_with_delta` — linearisation of any
   ``nn.Module`` with ``torch.func``;
-* :class:`LinearisedProblem` — the convex problem (squared error or logistic loss), with
+* :class:`LinearisedProblem` — the convex problem (squared error, logistic or softmax cross-entropy loss), with
   :func:`proximal_gradient` (FISTA with restarts and singular-value soft-thresholding, or plain proximal
   gradient) and :func:`certificate` (duality gap and KKT residual);
 * :func:`reduce_rank` — the constructive rank reduction behind Theorem 3.1;
@@ -23,6 +23,10 @@ LoRA ``δ_p = B_p A_pᵀ`` with weight decay ``λ/2 (‖A‖_F² + ‖B‖_F²)`
   over initialisations and ranks; :func:`train_actual_lora` — the same on the real (non-linearised) model;
 * :class:`MiniLMHead` — MiniLM's last layer with the prompt-style zero-shot logit;
 * :func:`rademacher_bound` — the nuclear-norm-ball generalisation bound behind Theorem 5.1.
+* :func:`second_order`, :func:`lora_objective`, :func:`pad_zero_column` — exact Hessians of the LoRA objective and
+  the escape direction of Lemmas 4.3/4.4;
+* :func:`theorem51_lambda`, :func:`theorem51_bound`, :func:`bounded_gradient_sample`, :func:`ce_excess_risk` —
+  Theorem 5.1 restated with explicit constants, and a synthetic problem with a computable population risk.
 
 Memory: per-example gradients cost ``N·K·P·m·n`` numbers (32 examples, K = 1, query and value of MiniLM's
 384×384 last layer: 9.4 M floats ≈ 38 MB in float32), never the whole network's.
@@ -41,7 +45,7 @@ from tqdm import tqdm
 from .checks import check_positive_int
 from .config import few_threads
 
-LOSSES = ("mse", "logistic")
+LOSSES = ("mse", "logistic", "ce")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -200,25 +204,78 @@ def predict_with_delta(module: nn.Module, names: Sequence[str], delta: torch.Ten
 # ----------------------------------------------------------------------------------------------------------
 # losses
 # ----------------------------------------------------------------------------------------------------------
+def class_targets(y, K: int, *, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+    """Targets of the softmax cross-entropy as ``(N, K)`` rows of the probability simplex.
+
+    ``y`` is either ``(N,)`` integer class indices in ``{0, …, K−1}`` (returned one-hot) or ``(N, K)`` rows that
+    are non-negative and sum to 1 (one-hot or soft labels). ``K ≥ 2``. Anything else raises ``ValueError``.
+    """
+    check_positive_int(K, "K")
+    if K < 2:
+        raise ValueError(f"the cross-entropy loss needs K >= 2 classes, got K = {K}")
+    y = torch.as_tensor(y, device=device)
+    if y.dim() == 2 and y.shape[1] == 1 and K > 1 and not y.is_floating_point():
+        y = y[:, 0]
+    if y.dim() == 1:
+        if y.is_floating_point():
+            if not torch.isfinite(y).all() or (y != y.round()).any():
+                raise ValueError("class labels must be integers in {0, ..., K-1}")
+            y = y.round().long()
+        if y.numel() == 0 or int(y.min()) < 0 or int(y.max()) >= K:
+            raise ValueError(f"class labels must lie in {{0, ..., {K - 1}}}, got range "
+                             f"[{int(y.min()) if y.numel() else None}, {int(y.max()) if y.numel() else None}]")
+        return nn.functional.one_hot(y.long(), K).to(dtype)
+    if y.dim() != 2 or y.shape[1] != K:
+        raise ValueError(f"cross-entropy targets must be (N,) class indices or (N, {K}) simplex rows, got "
+                         f"shape {tuple(y.shape)}")
+    y = y.to(dtype)
+    if not torch.isfinite(y).all() or (y < 0).any() or \
+            (y.sum(-1) - 1).abs().max() > max(1e-9, 10 * torch.finfo(dtype).eps):
+        raise ValueError("cross-entropy target rows must be non-negative and sum to 1")
+    return y
+
+
 def per_example_loss(f: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """``ℓ(f_i, y_i)`` for outputs ``f`` ``(..., N, K)``: ``(..., N)``.
 
     ``mse``: ``½‖f − y‖²`` with ``y`` ``(N, K)``. ``logistic`` (K = 1): ``log(1 + e^f) − y f`` with labels
-    ``y ∈ {0, 1}`` of shape ``(N, 1)``.
+    ``y ∈ {0, 1}`` of shape ``(N, 1)``. ``ce`` (softmax cross-entropy, K ≥ 2):
+    ``log Σ_k e^{f_k} − ⟨y, f⟩`` with ``y`` ``(N, K)`` simplex rows (one-hot labels) or ``(N,)`` class indices.
     """
     if loss == "mse":
         return 0.5 * (f - y).square().sum(-1)
     if loss == "logistic":
         return (nn.functional.softplus(f) - y * f).sum(-1)
+    if loss == "ce":
+        if y.dim() == 1 or y.shape[-1] != f.shape[-1] or not y.is_floating_point():
+            y = class_targets(y, f.shape[-1], dtype=f.dtype, device=f.device)
+        # reductions over the class axis run several times faster on a (..., K, N) layout
+        ft = f.transpose(-1, -2).contiguous()
+        return torch.logsumexp(ft, -2) - (y.transpose(-1, -2) * ft).sum(-2)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
 def _loss_conjugate(w: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, N: int, loss: str) -> torch.Tensor:
-    """F*(w) for F(z) = (1/N) Σ_i ℓ(f0_i + z_i, y_i); ``w`` ``(N, K)``."""
+    """F*(w) for F(z) = (1/N) Σ_i ℓ(f0_i + z_i, y_i); ``w`` ``(N, K)``.
+
+    Logistic and cross-entropy: ``F*(w) = (1/N) Σ_i [φ(N w_i + y_i) − N ⟨w_i, f0_i⟩]`` with ``φ`` the negative
+    (binary, resp. Shannon) entropy of ``s = N w_i + y_i``, which must lie in ``[0, 1]`` (logistic) or in the
+    simplex (cross-entropy), else ``F* = +∞``. The dual points built by :func:`certificate` are of the form
+    ``s = t·p + (1 − t)·y`` with ``p`` the model's probabilities and ``t ∈ [0, 1]``, so they are feasible; rounding
+    is clamped away.
+    """
     if loss == "mse":
         return (w * (y - f0)).sum() + 0.5 * N * w.square().sum()
-    s = (N * w + y).clamp(0.0, 1.0)
-    ent = torch.special.xlogy(s, s) + torch.special.xlogy(1 - s, 1 - s)
+    s = N * w + y
+    if loss == "ce":
+        tol = max(1e-6, 100 * torch.finfo(w.dtype).eps)
+        if (s < -tol).any() or (s.sum(-1) - 1).abs().max() > tol:
+            return torch.tensor(math.inf, dtype=w.dtype, device=w.device)
+        s = s.clamp(0.0, 1.0)
+        ent = torch.special.xlogy(s, s)
+    else:
+        s = s.clamp(0.0, 1.0)
+        ent = torch.special.xlogy(s, s) + torch.special.xlogy(1 - s, 1 - s)
     return (ent - N * w * f0).sum() / N
 
 
@@ -233,9 +290,11 @@ class LinearisedProblem:
     ----------
     G : ``(N, K, P, m, n)`` per-example gradients (a 4-D ``(N, K, m, n)`` tensor means ``P = 1``).
     f0 : ``(N, K)`` pretrained outputs.
-    y : ``(N, K)`` targets (``mse``) or ``(N, 1)`` / ``(N,)`` labels in {0, 1} (``logistic``, K = 1).
+    y : ``(N, K)`` targets (``mse``); ``(N, 1)`` / ``(N,)`` labels in {0, 1} (``logistic``, K = 1);
+        ``(N,)`` class indices in ``{0, …, K−1}`` or ``(N, K)`` one-hot / simplex rows (``ce``, K ≥ 2; stored
+        as ``(N, K)`` rows).
     lam : regularisation ``λ ≥ 0`` (nuclear norm; equivalently LoRA weight decay).
-    loss : ``"mse"`` or ``"logistic"``.
+    loss : ``"mse"``, ``"logistic"`` or ``"ce"`` (softmax cross-entropy over the K outputs).
     """
 
     G: torch.Tensor
@@ -263,6 +322,8 @@ class LinearisedProblem:
             self.f0 = self.f0[:, None]
         if self.f0.shape != (N, K) or not torch.isfinite(self.f0).all():
             raise ValueError(f"f0 must be finite with shape (N, K) = ({N}, {K}), got {tuple(self.f0.shape)}")
+        if self.loss == "ce":
+            self.y = class_targets(self.y, K, dtype=self.G.dtype, device=self.G.device)
         self.y = torch.as_tensor(self.y, dtype=self.G.dtype, device=self.G.device)
         if self.y.dim() == 1:
             self.y = self.y[:, None]
@@ -326,7 +387,12 @@ class LinearisedProblem:
     def output_grad(self, delta: torch.Tensor) -> torch.Tensor:
         """``∂L̂/∂z_i`` at the outputs: ``(N, K)`` for a single ``δ`` ``(P, m, n)``."""
         f = self.outputs(delta)
-        r = f - self.y if self.loss == "mse" else torch.sigmoid(f) - self.y
+        if self.loss == "mse":
+            r = f - self.y
+        elif self.loss == "logistic":
+            r = torch.sigmoid(f) - self.y
+        else:
+            r = torch.softmax(f.transpose(-1, -2).contiguous(), -2).transpose(-1, -2) - self.y
         return r / self.N
 
     def adjoint(self, u: torch.Tensor) -> torch.Tensor:
@@ -338,10 +404,12 @@ class LinearisedProblem:
         return self.adjoint(self.output_grad(delta))
 
     def lipschitz(self) -> float:
-        """Lipschitz constant of ``∇L̂``: ``c ‖G‖²_op / N`` with ``c = 1`` (mse) or ``1/4`` (logistic)."""
+        """Lipschitz constant of ``∇L̂``: ``c ‖G‖²_op / N`` with ``c = 1`` (mse), ``1/4`` (logistic) or ``1/2``
+        (cross-entropy: the softmax Hessian ``diag(p) − p pᵀ`` has norm ≤ 1/2)."""
         if self._L is None:
-            gram = self._Gmat @ self._Gmat.T
-            c = 1.0 if self.loss == "mse" else 0.25
+            Gm = self._Gmat
+            gram = Gm @ Gm.T if Gm.shape[0] <= Gm.shape[1] else Gm.T @ Gm
+            c = {"mse": 1.0, "logistic": 0.25, "ce": 0.5}[self.loss]
             self._L = max(c * float(torch.linalg.eigvalsh(gram)[-1]) / self.N, 1e-300)
         return self._L
 
@@ -925,9 +993,14 @@ def generalisation_bound(rademacher: float, lipschitz: float, loss_range: float,
 def synthetic_problem(N: int, K: int, m: int, n: int, lam: float, *, generator: torch.Generator,
                       loss: str = "mse", P: int = 1, dtype=torch.float64) -> LinearisedProblem:
     """A random linearised problem: Gaussian ``G`` ``(N, K, P, m, n)`` scaled so that ``‖G‖²_op/N ≈ 1``·c,
-    ``f0 = 0`` and targets from a random rank-2 teacher plus noise (mse) or its signs (logistic)."""
+    ``f0 = 0`` and targets from a random rank-2 teacher plus noise (mse), its signs (logistic) or the index of
+    its largest noisy output (``ce``, K ≥ 2 classes)."""
     for v, nm in ((N, "N"), (K, "K"), (m, "m"), (n, "n"), (P, "P")):
         check_positive_int(v, nm)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss == "ce" and K < 2:
+        raise ValueError(f"the cross-entropy loss needs K >= 2 classes, got K = {K}")
     G = torch.randn(N, K, P, m, n, generator=generator, dtype=dtype)
     G = G * math.sqrt(N) / torch.linalg.matrix_norm(G.reshape(N * K, -1), ord=2)
     r0 = min(2, m, n)
@@ -939,6 +1012,8 @@ def synthetic_problem(N: int, K: int, m: int, n: int, lam: float, *, generator: 
     noise = torch.randn(N, K, generator=generator, dtype=dtype)
     if loss == "mse":
         y = z + 0.5 * noise
+    elif loss == "ce":
+        y = (z + 0.5 * noise).argmax(-1)
     else:
         if K != 1:
             raise ValueError("the logistic loss needs K = 1")
@@ -967,3 +1042,193 @@ def reduce_rank(problem: LinearisedProblem, delta: torch.Tensor, **kw) -> tuple[
 
 
 reduce_rank.__doc__ = _reduce_rank.__doc__
+
+
+
+# --- second-order conditions and Theorem 5.1 ---
+def _check_factors(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor) -> None:
+    P, m, n = problem.shape
+    if not isinstance(B, torch.Tensor) or not isinstance(A, torch.Tensor) or B.dim() != 3 or A.dim() != 3 \
+            or B.shape[:2] != (P, m) or A.shape[:2] != (P, n) or B.shape[2] != A.shape[2] or B.shape[2] < 1:
+        raise ValueError(f"need B ({P}, {m}, r) and A ({P}, {n}, r) with r >= 1, got "
+                         f"{tuple(getattr(B, 'shape', ()))} and {tuple(getattr(A, 'shape', ()))}")
+    if not (torch.isfinite(B).all() and torch.isfinite(A).all()):
+        raise ValueError("B and A must be finite")
+
+
+def lora_objective(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor,
+                   perturbation: torch.Tensor | None = None) -> torch.Tensor:
+    """The LoRA objective ``L̂(B Aᵀ) + λ/2 (‖A‖_F² + ‖B‖_F²) [+ ½ Σ_p tr(Z_pᵀ P Z_p)]`` at one point.
+
+    ``B`` ``(P, m, r)``, ``A`` ``(P, n, r)``, ``Z_p = [B_p; A_p]`` ``(m+n, r)``, ``perturbation`` ``(m+n, m+n)``
+    (PSD, Theorem 4.1's ε-perturbation in :func:`lora_gd`'s scaling). Returns a scalar tensor (differentiable).
+    """
+    _check_factors(problem, B, A)
+    obj = problem.data_loss(B @ A.transpose(-1, -2)) + 0.5 * problem.lam * (A.square().sum() + B.square().sum())
+    if perturbation is not None:
+        P_, m, n = problem.shape
+        if perturbation.shape != (m + n, m + n):
+            raise ValueError(f"perturbation must have shape ({m + n}, {m + n}), got {tuple(perturbation.shape)}")
+        Z = torch.cat([B, A], dim=1)
+        obj = obj + 0.5 * torch.einsum("pir,ij,pjr->", Z, perturbation, Z)
+    return obj
+
+
+@dataclass
+class SecondOrder:
+    """Second-order information of the LoRA objective at one point ``(B, A)`` (see :func:`second_order`).
+
+    ``grad_norm``: ``‖∇F‖`` over ``(B, A)``; ``hess_eigs``: the eigenvalues of the Hessian of ``F`` in
+    ``(B, A)`` (``P(m+n)r`` of them, ascending); ``hess_min`` the smallest; ``sym_dim`` the number
+    ``P·r(r−1)/2`` of zero eigenvalues forced at a stationary point by the rotations ``(B, A) ↦ (BQ, AQ)``;
+    ``hess_min_free`` the smallest eigenvalue after removing ``sym_dim`` eigenvalues nearest zero (the curvature
+    in the directions that change ``BAᵀ`` or the balance); ``grad_op_over_lam`` ``max_p ‖∇L̂(BAᵀ)_p‖_2 / λ``
+    (≤ 1 exactly when the convex problem's optimality condition holds at ``δ = BAᵀ``, given first-order
+    stationarity); ``z_sigma_min`` the smallest singular value of ``Z_p = [B_p; A_p]`` over ``p``, relative to
+    the largest (0: rank-deficient, the case of Lemmas 4.3/4.4).
+    """
+
+    grad_norm: float
+    hess_eigs: torch.Tensor
+    hess_min: float
+    sym_dim: int
+    hess_min_free: float
+    grad_op_over_lam: float
+    z_sigma_min: float
+
+
+def second_order(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor,
+                 perturbation: torch.Tensor | None = None) -> SecondOrder:
+    """Gradient, full Hessian spectrum and the convex optimality ratio of the LoRA objective at ``(B, A)``.
+
+    Parameters
+    ----------
+    B, A : ``(P, m, r)`` and ``(P, n, r)`` LoRA factors of one run (for :func:`lora_gd`'s output take
+        ``res.B[s, ..., :r]``, ``res.A[s, ..., :r]``).
+    perturbation : optional ``(m+n, m+n)`` PSD matrix of the perturbed objective.
+
+    The Hessian is formed exactly with ``torch.func.hessian`` (``P(m+n)r`` unknowns, fine up to a few hundred).
+    Returns a :class:`SecondOrder`.
+    """
+    from torch.func import hessian
+
+    _check_factors(problem, B, A)
+    if problem.lam <= 0:
+        raise ValueError("second_order needs lam > 0 (the ratio ||grad||_op / lam)")
+    P, m, n = problem.shape
+    r = B.shape[2]
+    nB = B.numel()
+    x0 = torch.cat([B.reshape(-1), A.reshape(-1)]).detach().to(problem.G.dtype)
+    if x0.numel() > 4000:
+        raise ValueError(f"the Hessian would have {x0.numel()}² entries; too large")
+
+    def f(x):
+        return lora_objective(problem, x[:nB].reshape(P, m, r), x[nB:].reshape(P, n, r), perturbation)
+
+    xg = x0.clone().requires_grad_(True)
+    g, = torch.autograd.grad(f(xg), xg)
+    H = hessian(f)(x0)
+    ev = torch.linalg.eigvalsh(0.5 * (H + H.T))
+    sym = P * r * (r - 1) // 2
+    if sym:
+        near = ev.abs().argsort()[:sym]
+        keep = torch.ones_like(ev, dtype=torch.bool)
+        keep[near] = False
+        free = float(ev[keep].min())
+    else:
+        free = float(ev[0])
+    Bd, Ad = B.detach().to(problem.G.dtype), A.detach().to(problem.G.dtype)
+    grad_delta = problem.grad(Bd @ Ad.transpose(-1, -2))
+    op = float(singular_values(grad_delta)[..., 0].max())
+    sz = singular_values(torch.cat([Bd, Ad], dim=1))
+    zmin = float((sz[..., -1] / sz[..., 0].clamp_min(1e-300)).min())
+    return SecondOrder(float(g.norm()), ev, float(ev[0]), sym, free, op / problem.lam, zmin)
+
+
+def pad_zero_column(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, A)`` ``(P, m, r)``, ``(P, n, r)`` with one zero column appended: the same ``δ = BAᵀ`` as a rank-(r+1)
+    LoRA point whose ``Z = [B; A]`` is rank-deficient (the situation of Lemmas 4.3/4.4)."""
+    if B.dim() != 3 or A.dim() != 3:
+        raise ValueError("B and A must be (P, m, r) and (P, n, r)")
+    return (torch.cat([B, B.new_zeros(*B.shape[:2], 1)], -1), torch.cat([A, A.new_zeros(*A.shape[:2], 1)], -1))
+
+
+def theorem51_lambda(R: float, N: int, eta: float = 0.05) -> float:
+    """The regularisation our restatement of Theorem 5.1 prescribes: ``λ = 4τ``, ``τ = (2R/√N)(2 + √ln(2/η))``.
+
+    ``τ·D`` bounds, with probability ``≥ 1 − η``, the uniform deviation of the centred cross-entropy risk
+    ``sup_{Σ‖δ_p‖_* ≤ D} |(L̂(δ) − L̂(0)) − (L(δ) − L(0))|`` for gradients with ``‖G(x)‖_F ≤ R`` almost surely
+    (vector contraction with the loss's Lipschitz constant √2, Lemma C.4's Rademacher bound ``D R/√N`` and
+    McDiarmid with differences ``2√2 R D/N``, two-sided). ``R > 0``, ``N`` a positive integer, ``η ∈ (0, 1)``.
+    """
+    check_positive_int(N, "N")
+    if not (isinstance(R, (int, float)) and math.isfinite(R) and R > 0):
+        raise ValueError(f"R must be a positive number, got {R!r}")
+    if not 0 < eta < 1:
+        raise ValueError(f"eta must lie in (0, 1), got {eta}")
+    return 4 * (2 * R / math.sqrt(N)) * (2 + math.sqrt(math.log(2 / eta)))
+
+
+def theorem51_bound(R: float, N: int, nuclear_true: float, eps: float = 0.0, eta: float = 0.05) -> float:
+    """Excess population risk bound ``3 λ ‖δ_true‖_* + 2ε`` of our restatement of Theorem 5.1.
+
+    With ``λ`` = :func:`theorem51_lambda` and ``δ̂`` any ``ε``-minimiser of ``L̂(δ) + λ Σ_p‖δ_p‖_*`` (e.g. ``BAᵀ``
+    at a second-order stationary point of the perturbed LoRA objective, by Theorem 4.1 and Corollary 4.2), with
+    probability ``≥ 1 − η``: ``L(δ̂) − L(δ_true) ≤ 3λ‖δ_true‖_* + 2ε``.
+    """
+    for v, nm in ((nuclear_true, "nuclear_true"), (eps, "eps")):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{nm} must be a finite non-negative number, got {v!r}")
+    return 3 * theorem51_lambda(R, N, eta) * nuclear_true + 2 * eps
+
+
+def bounded_gradient_sample(N: int, shape: tuple[int, int, int, int], R: float, *, generator: torch.Generator,
+                            sigma: float = 0.3, dtype=torch.float64) -> torch.Tensor:
+    """Per-example gradients ``G`` ``(N, K, P, m, n)`` with ``‖G_i‖_F = R`` exactly (Theorem 5.1's a.s. bound).
+
+    ``shape = (K, P, m, n)``, ``K ≥ 2``. Before normalisation ``G_i = s_i · c ⊗ e_1 e_1ᵀ + σ W_i`` with ``s_i``
+    standard normal, ``c`` the class contrast ``(1, −1, 0, …)/√2`` and ``W_i`` Gaussian: a dominant shared direction
+    (so that a teacher along ``e_1 e_1ᵀ`` gives logits of size ``≈ R‖δ‖_*``) plus isotropic noise (so that every
+    direction of ``δ`` is identifiable).
+    """
+    check_positive_int(N, "N")
+    if len(shape) != 4:
+        raise ValueError(f"shape must be (K, P, m, n), got {shape}")
+    K, P, m, n = shape
+    for v, nm in ((K, "K"), (P, "P"), (m, "m"), (n, "n")):
+        check_positive_int(v, nm)
+    if K < 2:
+        raise ValueError(f"need K >= 2 classes, got {K}")
+    if not (math.isfinite(R) and R > 0 and math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"need R > 0 and sigma >= 0, got R={R}, sigma={sigma}")
+    s = torch.randn(N, generator=generator, dtype=dtype)
+    G = sigma * torch.randn(N, K, P, m, n, generator=generator, dtype=dtype)
+    G[:, 0, :, 0, 0] += s[:, None] / math.sqrt(2)
+    G[:, 1, :, 0, 0] -= s[:, None] / math.sqrt(2)
+    return G * (R / G.flatten(1).norm(dim=1).clamp_min(1e-300))[:, None, None, None, None]
+
+
+def ce_excess_risk(G: torch.Tensor, f0: torch.Tensor, delta: torch.Tensor, delta_true: torch.Tensor,
+                   *, chunk: int = 200_000) -> tuple[float, float]:
+    """Excess population cross-entropy risk ``L(δ) − L(δ_true)`` of a well-specified softmax model, estimated on
+    a fresh sample, and its standard error.
+
+    Labels follow ``y | x ~ softmax(f0(x) + ⟨G(x), δ_true⟩)``, so ``E[ℓ(f_δ, y) − ℓ(f_true, y) | x] =
+    KL(p_true(x) ‖ p_δ(x))``: the label noise is integrated exactly and only the draw of ``x`` is Monte Carlo.
+    ``G`` ``(M, K, P, m, n)`` and ``f0`` ``(M, K)`` a fresh sample; ``delta``, ``delta_true`` ``(P, m, n)``.
+    Returns ``(mean, standard error)``.
+    """
+    if not isinstance(G, torch.Tensor) or G.dim() != 5:
+        raise ValueError(f"G must have shape (M, K, P, m, n), got {tuple(getattr(G, 'shape', ()))}")
+    M, K = G.shape[:2]
+    if f0.shape != (M, K) or delta.shape != G.shape[2:] or delta_true.shape != G.shape[2:]:
+        raise ValueError("f0 must be (M, K) and delta, delta_true (P, m, n) matching G")
+    kl = []
+    for i in range(0, M, chunk):
+        Gm = G[i:i + chunk].reshape(-1, delta.numel())
+        z = f0[i:i + chunk] + (Gm @ delta.reshape(-1).to(G.dtype)).reshape(-1, K)
+        zt = f0[i:i + chunk] + (Gm @ delta_true.reshape(-1).to(G.dtype)).reshape(-1, K)
+        lt = torch.log_softmax(zt, -1)
+        kl.append((lt.exp() * (lt - torch.log_softmax(z, -1))).sum(-1))
+    kl = torch.cat(kl)
+    return float(kl.mean()), float(kl.std() / math.sqrt(M))

@@ -1,5 +1,7 @@
 """Negative controls of chapter 2's theorem claims: the same check as in the notebook, on an input where the
 theorem's hypothesis is violated (or its conclusion is false), must fail; the genuine input must pass."""
+import functools
+
 import torch
 
 import lorabook as lb
@@ -67,3 +69,77 @@ def test_theorem41_above_threshold_passes():
 def test_theorem41_fails_below_threshold():
     # r = 1 (r(r+1)/2 = 1 <= KN = 12): rank-constrained runs end at spurious minima above F*
     assert not evaluate(_spurious_setting(1), "<=", GAP_TOL).passed
+
+
+def _small_instance(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    base = ntk.synthetic_problem(6, 2, 8, 8, 0.0, generator=gen)
+    prob = ntk.LinearisedProblem(base.G, base.f0, base.y, 0.1 * base.lambda_max())
+    return prob, ntk.proximal_gradient(prob, 100_000, tol=1e-10).cert.primal, gen
+
+
+def _lemma43_measure(prob, F_star, B, A):
+    """The notebook's Lemma 4.3 check on one point: (is it a rank-deficient approximate SOSP, relative gap)."""
+    so = ntk.second_order(prob, B, A)
+    sosp = so.z_sigma_min <= 1e-3 and so.grad_norm <= 1e-4 and so.hess_min / prob.lam >= -1e-5
+    gap = (float(ntk.lora_objective(prob, B, A)) - F_star) / F_star
+    return so, sosp, gap
+
+
+def test_lemma43_fails_without_second_order():
+    # a spurious rank-1 minimum with a zero column appended: rank-deficient and first-order stationary, but not
+    # second-order stationary (hypothesis violated) -- and not global, so the same check fails
+    prob, F_star, gen = _small_instance(0)
+    B0, A0, rk = ntk.lora_init(prob.shape, [1], 6, init_std=0.3, zero_B=False, generator=gen)
+    run = ntk.lora_gd(prob, B0, A0, rk, 3_000, 0.5)
+    s = int(run.objective.argmax())
+    B, A = ntk.pad_zero_column(run.B[s], run.A[s])
+    so, sosp, gap = _lemma43_measure(prob, F_star, B, A)
+    assert so.z_sigma_min == 0 and so.grad_norm < 1e-10 and so.hess_min < 0 and not sosp
+    assert not evaluate(gap, "<=", GAP_TOL).passed
+
+
+def test_lemma43_rank_deficient_sosp_passes():
+    prob, F_star, gen = _small_instance(0)
+    B0, A0, rk = ntk.lora_init(prob.shape, [5], 2, init_std=0.3, zero_B=False, generator=gen)
+    run = ntk.lora_gd(prob, B0, A0, rk, 3_000, 0.5)
+    for s in range(2):
+        so, sosp, gap = _lemma43_measure(prob, F_star, run.B[s], run.A[s])
+        assert sosp
+        assert evaluate(gap, "<=", GAP_TOL).passed
+
+
+@functools.lru_cache(maxsize=1)
+def _theorem51_setting(N=400_000, M=50_000):
+    """The notebook's Theorem 5.1 instance at one N: (problem, delta_true, population sample)."""
+    gen = torch.Generator().manual_seed(51)
+    shape, R = (2, 1, 2, 2), 1.0
+    G_pop = ntk.bounded_gradient_sample(M, shape, R, generator=gen, sigma=0.1)
+    delta_true = torch.zeros(shape[1:], dtype=torch.float64)
+    delta_true[0, 0, 0] = 2.0
+    G = ntk.bounded_gradient_sample(N, shape, R, generator=gen, sigma=0.1)
+    y = torch.multinomial(torch.softmax(torch.einsum("nkpij,pij->nk", G, delta_true), -1), 1, generator=gen)[:, 0]
+    prob = ntk.LinearisedProblem(G, torch.zeros(N, 2, dtype=torch.float64), y, ntk.theorem51_lambda(R, N), "ce")
+    return prob, delta_true, G_pop
+
+
+def _theorem51_ratio(prob, delta_true, G_pop, delta, eps):
+    exc, se = ntk.ce_excess_risk(G_pop, torch.zeros(G_pop.shape[0], 2, dtype=torch.float64), delta, delta_true)
+    return (exc + 2 * se) / ntk.theorem51_bound(1.0, prob.N, 2.0, eps)
+
+
+def test_theorem51_solution_passes():
+    prob, delta_true, G_pop = _theorem51_setting()
+    res = ntk.proximal_gradient(prob, 20_000, tol=1e-13)
+    assert evaluate(_theorem51_ratio(prob, delta_true, G_pop, res.delta, res.cert.gap), "<=", 1).passed
+
+
+def test_theorem51_fails_at_a_saddle():
+    # Z = [B; A] = 0 is a rank-deficient first-order stationary point of the LoRA objective, but not a second-order
+    # one (its Hessian has the eigenvalue lambda - lambda_max < 0): the hypothesis fails, and so does the bound
+    prob, delta_true, G_pop = _theorem51_setting()
+    zero = prob.zeros()
+    so = ntk.second_order(prob, zero[..., :1].expand(1, 2, 1).clone(), zero[..., :1].expand(1, 2, 1).clone())
+    assert so.grad_norm == 0 and so.hess_min < 0
+    assert abs(so.hess_min - (prob.lam - prob.lambda_max())) < 1e-12
+    assert not evaluate(_theorem51_ratio(prob, delta_true, G_pop, zero, 0.0), "<=", 1).passed

@@ -353,3 +353,189 @@ def test_certificate_kkt_hand_value_with_lipschitz_four():
     # the optimum: minimise (2d - 1)^2/2 + 0.5|d| -> 4d - 2 + 0.5 = 0, d = 0.375, kkt 0
     cert = ntk.certificate(prob, torch.full((1, 1, 1), 0.375, dtype=torch.float64))
     assert cert.kkt < 1e-12 and cert.gap < 1e-12
+
+
+# ---------------------------------------------------------------- multi-class softmax cross-entropy (K > 1)
+def _ce_problem(N=8, K=3, m=4, n=5, lam_frac=0.2, seed=0, P=1):
+    return _problem(N=N, K=K, m=m, n=n, lam_frac=lam_frac, loss="ce", seed=seed, P=P)
+
+
+def test_ce_loss_matches_torch_cross_entropy():
+    f = torch.randn(7, 3, dtype=torch.float64, generator=_gen(1))
+    labels = torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    ref = nn.functional.cross_entropy(f, labels, reduction="none")
+    assert torch.allclose(ntk.per_example_loss(f, labels, "ce"), ref, atol=1e-14)
+    onehot = nn.functional.one_hot(labels, 3).to(torch.float64)
+    assert torch.allclose(ntk.per_example_loss(f, onehot, "ce"), ref, atol=1e-14)
+    # batched outputs (..., N, K)
+    both = ntk.per_example_loss(torch.stack([f, 2 * f]), onehot, "ce")
+    assert both.shape == (2, 7) and torch.allclose(both[0], ref)
+
+
+def test_ce_problem_stores_one_hot_and_gradients_match_autograd():
+    pr = _ce_problem(P=2)
+    assert pr.y.shape == (8, 3) and torch.equal(pr.y.sum(-1), torch.ones(8, dtype=torch.float64))
+    same = ntk.LinearisedProblem(pr.G, pr.f0, pr.y.argmax(-1), pr.lam, "ce")
+    assert torch.equal(same.y, pr.y)
+    delta = torch.randn(pr.shape, dtype=torch.float64, generator=_gen(2))
+    d = delta.clone().requires_grad_(True)
+    auto, = torch.autograd.grad(pr.data_loss(d), d)
+    assert torch.allclose(auto, pr.grad(delta), atol=1e-14, rtol=1e-12)
+    ref = nn.functional.cross_entropy(pr.outputs(delta), pr.y.argmax(-1))
+    assert abs(float(pr.data_loss(delta) - ref)) < 1e-13
+
+
+def test_ce_lipschitz_constant_bounds_gradient_changes():
+    pr = _ce_problem(seed=3)
+    L = pr.lipschitz()
+    for s in range(10):
+        a = torch.randn(pr.shape, dtype=torch.float64, generator=_gen(10 + s))
+        b = a + 0.1 * torch.randn(pr.shape, dtype=torch.float64, generator=_gen(40 + s))
+        assert float((pr.grad(a) - pr.grad(b)).norm()) <= L * float((a - b).norm()) * (1 + 1e-12)
+
+
+def test_ce_certificate_gap_vanishes_at_optimum_and_matches_cvxpy():
+    import cvxpy as cp
+    pr = _ce_problem(N=8, K=3, m=4, n=5, lam_frac=0.2, seed=4)
+    res = ntk.proximal_gradient(pr, 20_000, tol=1e-11)
+    assert res.cert.rel_gap < 1e-10 and res.cert.kkt < 1e-4
+    assert res.cert.dual <= res.cert.primal
+    # away from the optimum the gap is large (it can fail)
+    bad = ntk.certificate(pr, res.delta + 0.05)
+    assert bad.rel_gap > 1e-3 and bad.primal >= res.cert.dual - 1e-12
+    X = cp.Variable((4, 5))
+    G = pr.G[:, :, 0].numpy()
+    Y = pr.y.numpy()
+    rows = []
+    for i in range(8):
+        z = cp.hstack([cp.sum(cp.multiply(G[i, k], X)) for k in range(3)])
+        rows.append(cp.log_sum_exp(z) - Y[i] @ z)
+    prob = cp.Problem(cp.Minimize(sum(rows) / 8 + pr.lam * cp.normNuc(X)))
+    prob.solve()
+    assert abs(prob.value - res.cert.primal) / prob.value < 1e-5
+    assert res.cert.dual <= prob.value + 1e-7
+
+
+def test_ce_lora_reaches_the_optimum_and_rank_reduction_keeps_objective():
+    pr = _ce_problem(N=3, K=3, m=6, n=6, lam_frac=0.1, seed=5)
+    opt = ntk.proximal_gradient(pr, 20_000, tol=1e-11)
+    r = ntk.rank_threshold(3, 3)      # r(r+1)/2 > 9: r = 4
+    B, A, rk = ntk.lora_init(pr.shape, [r], 3, init_std=0.3, zero_B=False, generator=_gen(6))
+    lo = ntk.lora_gd(pr, B, A, rk, 3000, 0.5)
+    assert float(((lo.objective - opt.cert.primal) / opt.cert.primal).abs().max()) < 1e-6
+    red, hist = ntk.reduce_rank(pr, opt.delta, rtol=1e-7)
+    assert abs(float(pr.objective(red) - pr.objective(opt.delta))) < 1e-9
+    rr = max(int((torch.linalg.svdvals(d) > 1e-7 * float(torch.linalg.svdvals(d).max())).sum()) for d in red)
+    assert rr * (rr + 1) // 2 <= 9
+
+
+@pytest.mark.parametrize("y,match", [
+    (torch.tensor([0, 1, 3, 0]), "lie in"),
+    (torch.tensor([0, -1, 2, 0]), "lie in"),
+    (torch.tensor([0.0, 1.5, 2.0, 0.0]), "integers"),
+    (torch.full((4, 3), 0.5, dtype=torch.float64), "sum to 1"),
+    (torch.tensor([[1.0, 0.5, -0.5]] * 4, dtype=torch.float64), "non-negative"),
+    (torch.zeros(4, 2), "shape"),
+    (torch.zeros(5, dtype=torch.long), "y must be"),
+])
+def test_ce_rejects_bad_labels(y, match):
+    G = torch.randn(4, 3, 2, 2, dtype=torch.float64, generator=_gen(7))
+    with pytest.raises(ValueError, match=match):
+        ntk.LinearisedProblem(G, torch.zeros(4, 3), y, 0.1, "ce")
+
+
+def test_ce_needs_two_classes():
+    G = torch.randn(4, 1, 2, 2, dtype=torch.float64, generator=_gen(8))
+    with pytest.raises(ValueError, match="K >= 2"):
+        ntk.LinearisedProblem(G, torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), 0.1, "ce")
+    with pytest.raises(ValueError, match="K >= 2"):
+        ntk.synthetic_problem(4, 1, 2, 2, 0.1, generator=_gen(0), loss="ce")
+    with pytest.raises(ValueError, match="loss must be"):
+        ntk.synthetic_problem(4, 2, 2, 2, 0.1, generator=_gen(0), loss="hinge")
+    with pytest.raises(ValueError, match="lie in"):
+        ntk.per_example_loss(torch.zeros(2, 3), torch.tensor([0, 3]), "ce")
+
+
+# ---------------------------------------------------------------- second-order conditions
+def test_second_order_matches_finite_differences_and_escape_identity():
+    pr = _problem(N=4, K=2, m=4, n=3, lam_frac=0.3, seed=9)
+    B = torch.randn(1, 4, 2, dtype=torch.float64, generator=_gen(1))
+    A = torch.randn(1, 3, 2, dtype=torch.float64, generator=_gen(2))
+    so = ntk.second_order(pr, B, A)
+    x = torch.cat([B.reshape(-1), A.reshape(-1)])
+    f = lambda v: float(ntk.lora_objective(pr, v[:8].reshape(1, 4, 2), v[8:].reshape(1, 3, 2)))  # noqa: E731
+    g_fd = torch.tensor([(f(x + 1e-6 * e) - f(x - 1e-6 * e)) / 2e-6 for e in torch.eye(14, dtype=torch.float64)])
+    assert abs(float(g_fd.norm()) - so.grad_norm) < 1e-6
+    assert so.hess_eigs.shape == (14,) and so.sym_dim == 1
+    # a zero column decouples: at a stationary point the padded Hessian has lam - ||grad||_2 as an eigenvalue
+    B0, A0, rk = ntk.lora_init(pr.shape, [1], 1, init_std=0.3, zero_B=False, generator=_gen(3))
+    st = ntk.lora_gd(pr, B0, A0, rk, 4000, 0.3)
+    Bp, Ap = ntk.pad_zero_column(st.B[0], st.A[0])
+    sp = ntk.second_order(pr, Bp, Ap)
+    pred = pr.lam * (1 - sp.grad_op_over_lam)
+    assert float((sp.hess_eigs - pred).abs().min()) < 1e-10
+    assert sp.z_sigma_min == 0.0
+
+
+def test_second_order_validation():
+    pr = _problem(N=4, K=1, m=4, n=3, lam_frac=0.3)
+    with pytest.raises(ValueError, match="need B"):
+        ntk.second_order(pr, torch.zeros(1, 3, 2, dtype=torch.float64), torch.zeros(1, 3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="finite"):
+        ntk.second_order(pr, torch.full((1, 4, 1), float("nan"), dtype=torch.float64),
+                         torch.zeros(1, 3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="lam > 0"):
+        pr0 = ntk.LinearisedProblem(pr.G, pr.f0, pr.y, 0.0)
+        ntk.second_order(pr0, torch.zeros(1, 4, 1, dtype=torch.float64), torch.zeros(1, 3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="perturbation must have shape"):
+        ntk.lora_objective(pr, torch.zeros(1, 4, 1, dtype=torch.float64), torch.zeros(1, 3, 1, dtype=torch.float64),
+                           torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="B and A"):
+        ntk.pad_zero_column(torch.zeros(4, 1), torch.zeros(3, 1))
+
+
+# ---------------------------------------------------------------- Theorem 5.1 (restated)
+def test_theorem51_lambda_and_bound():
+    lam = ntk.theorem51_lambda(1.0, 10_000, 0.05)
+    assert lam == pytest.approx(8 / 100 * (2 + math.sqrt(math.log(40))))
+    assert ntk.theorem51_lambda(2.0, 40_000, 0.05) == pytest.approx(lam)   # ∝ R/√N
+    assert ntk.theorem51_bound(1.0, 10_000, 2.0, 0.1) == pytest.approx(6 * lam + 0.2)
+    for bad in (dict(R=0.0, N=10), dict(R=1.0, N=0), dict(R=1.0, N=10, eta=1.0)):
+        with pytest.raises(ValueError):
+            ntk.theorem51_lambda(**bad)
+    with pytest.raises(ValueError, match="eps"):
+        ntk.theorem51_bound(1.0, 10, 1.0, -0.1)
+
+
+def test_bounded_gradient_sample_and_excess_risk():
+    G = ntk.bounded_gradient_sample(500, (3, 1, 2, 3), 2.0, generator=_gen(0))
+    assert G.shape == (500, 3, 1, 2, 3)
+    assert torch.allclose(G.flatten(1).norm(dim=1), torch.full((500,), 2.0, dtype=torch.float64))
+    d_true = torch.zeros(1, 2, 3, dtype=torch.float64)
+    d_true[0, 0, 0] = 1.5
+    f0 = torch.zeros(500, 3, dtype=torch.float64)
+    zero, se = ntk.ce_excess_risk(G, f0, d_true, d_true)
+    assert zero == 0.0 and se == 0.0
+    # the excess risk is the difference of expected cross-entropies under the true label law
+    d = torch.randn(1, 2, 3, dtype=torch.float64, generator=_gen(1))
+    ex, _ = ntk.ce_excess_risk(G, f0, d, d_true, chunk=77)
+    zt = torch.einsum("nkpij,pij->nk", G, d_true)
+    z = torch.einsum("nkpij,pij->nk", G, d)
+    pt = torch.softmax(zt, -1)
+    direct = float((pt * (torch.log_softmax(zt, -1) - torch.log_softmax(z, -1))).sum(-1).mean())
+    assert ex == pytest.approx(direct, abs=1e-14) and ex > 0
+    with pytest.raises(ValueError, match="K >= 2"):
+        ntk.bounded_gradient_sample(5, (1, 1, 2, 2), 1.0, generator=_gen(0))
+    with pytest.raises(ValueError, match="R > 0"):
+        ntk.bounded_gradient_sample(5, (2, 1, 2, 2), -1.0, generator=_gen(0))
+    with pytest.raises(ValueError, match="f0 must be"):
+        ntk.ce_excess_risk(G, f0[:3], d, d_true)
+
+
+def test_ce_float32_problem_and_certificate():
+    pr = _ce_problem(N=8, K=3, m=4, n=5, lam_frac=0.2, seed=4)
+    p32 = ntk.LinearisedProblem(pr.G.float(), pr.f0.float(), pr.y.argmax(-1), pr.lam, "ce")
+    soft = torch.full((8, 3), 1 / 3, dtype=torch.float32)
+    ntk.LinearisedProblem(pr.G.float(), pr.f0.float(), soft, pr.lam, "ce")   # soft labels in float32
+    res = ntk.proximal_gradient(p32, 3000, tol=1e-5)
+    assert math.isfinite(res.cert.dual) and res.cert.rel_gap < 1e-4

@@ -401,13 +401,21 @@ def embed_on(model: nn.Module, texts: Sequence[str], *, max_length: int = 64, ba
     return torch.cat(out)[torch.as_tensor(np.argsort(order), device=dev)]
 
 
+@lru_cache(maxsize=4)
+def _random_cached(seed: int) -> nn.Module:
+    return minilm_random(seed)
+
+
 def _base_model(name: str, seed: int) -> nn.Module:
+    """A private copy of the frozen model ``name`` (``"pretrained"`` or ``"random"`` with ``seed``) on the
+    device of :func:`lorabook.config.device`."""
     from .config import device
     from .data import load_minilm
 
-    if name == "pretrained":
-        return copy.deepcopy(load_minilm()[1]).to(device())
-    return minilm_random(seed).to(device())
+    if name not in ("pretrained", "random"):
+        raise ValueError(f"model must be 'pretrained' or 'random', got {name!r}")
+    base = load_minilm()[1] if name == "pretrained" else _random_cached(int(seed))
+    return copy.deepcopy(base).to(device())
 
 
 @lru_cache(maxsize=8)
@@ -740,3 +748,42 @@ def ntk_pair_run(config: dict) -> dict:
             "update": update, "f_test": {"real": fr.cpu().numpy(), "lin": fl.detach().cpu().numpy(),
                                          "f0": fac["test"]["f0"].cpu().numpy()},
             "seconds": time.perf_counter() - t0}
+
+
+def jvp_logit(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, directions: torch.Tensor,
+              deltas: dict, temperature: float = 0.05) -> torch.Tensor:
+    """The directional derivative of :func:`layer_logit` in the weights, by forward-mode AD
+    (``torch.func.jvp`` through ``torch.func.functional_call``): ``d/dt f(W + t·Δ)`` at ``t = 0`` for
+    ``deltas[name] = Δ`` ``(d_out, d_in)`` on the projections ``attention.self.<name>`` of a plain BERT layer.
+    Returns ``(n,)``. An independent computation of ``⟨G(x), Δ⟩`` in :func:`linearised_logit`."""
+    from torch.func import functional_call, jvp
+
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    keys = {name: f"attention.self.{name}.weight" for name in deltas}
+    for name, key in keys.items():
+        if key not in params or params[key].shape != deltas[name].shape:
+            raise ValueError(f"delta of {name!r} must match the weight {key} of the layer")
+
+    def f(*ws):
+        p = dict(params, **{keys[n]: w for n, w in zip(deltas, ws)})
+        return functional_call(layer, p, (hidden,), {"attention_mask": _bias(mask, hidden.dtype)})
+
+    def logit(*ws):
+        from .data import mean_pool, zero_shot_logits
+
+        out = f(*ws)
+        z = zero_shot_logits(mean_pool(out[0] if isinstance(out, tuple) else out, mask), directions, temperature)
+        return z[:, 1] - z[:, 0]
+
+    _check_layer_inputs(hidden, mask, directions)
+    primals = tuple(params[keys[n]] for n in deltas)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):  # the fused CPU attention kernel has no forward-mode derivative
+        return jvp(logit, primals, tuple(deltas[n].detach() for n in deltas))[1]
+
+
+def _bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    from .data import attention_bias
+
+    return attention_bias(mask, dtype)

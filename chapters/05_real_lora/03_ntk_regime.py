@@ -80,7 +80,7 @@ print(lb.describe())
 
 # %% [markdown]
 # First, our linearisation against `torch.func.jvp` on MiniLM's last layer, at a random non-zero update
-# $\delta = BA$ of each projection (rank 16, entries of size about $10^{-2}$), on 32 snippets. Both are
+# $\delta = BA$ of each projection (rank 16, entries of size about $10^{-2}$), on 32 snippets (8 at `quick`). Both are
 # float32 computations of the same derivative; logits are of size up to $1/0.05 \cdot 2 = 40$, so a
 # tolerance of $10^{-4}$ on the derivative is float32 rounding, and a missing token, a missing
 # projection or a wrong transpose would move it by orders of magnitude more.
@@ -88,7 +88,8 @@ print(lb.describe())
 # %% tags=["nbval-check-output"]
 classes = ("fresh", "rotten")
 directions = dt.class_directions(classes)
-texts = dt.rotten_tomatoes_splits(classes, n_train_per_class=16, n_dev_per_class=1, n_test=1,
+n_check = scale.pick(quick=4, default=16, paper=16)  # snippets per class
+texts = dt.rotten_tomatoes_splits(classes, n_train_per_class=n_check, n_dev_per_class=1, n_test=1,
                                   seed=0)["train_texts"]
 h, m = dt.hidden_before_layer(texts, 5, max_length=32)
 layer5 = dt.load_minilm()[1].encoder.layer[5]
@@ -112,7 +113,7 @@ steps = scale.pick(quick=4, default=20, paper=200)
 common = dict(
     classes=list(classes),
     n_dev=scale.pick(quick=8, default=32, paper=200),
-    n_test=scale.pick(quick=64, default=200, paper=2000),
+    n_test=scale.pick(quick=32, default=200, paper=2000),
     split_seed=0,
     rank=16,
     steps=steps,
@@ -153,8 +154,9 @@ for N in Ns:
                 ms(N, lr, lambda r: r["drift"]), ms(N, lr, lambda r: r["update"]["value"])]
         star = "*" if chosen[N] == lr else " "
         print(f"{N:4d} {lr:.0e}{star}| " + " | ".join(f"{a:.3f} ± {s:.3f}" for a, s in cols))
-print("(* chosen on dev)  test loss, real vs linearised, at the chosen rate:",
-      {N: [round(ms(N, chosen[N], lambda r: final(r, w, k="loss"))[0], 3) for w in ("real", "lin")]
+print("(* chosen on dev)  test loss at the chosen rate, real / linearised / zero-shot:",
+      {N: [round(float(ms(N, chosen[N], lambda r: final(r, w, k="loss"))[0]), 3)
+           for w in ("real", "lin")] + [round(runs[(N, chosen[N], 0)]["zero"]["test"]["loss"], 3)]
        for N in Ns})
 print(f"mean wall time per run (both models): {np.mean([r['seconds'] for r in out]):.1f} s")
 
@@ -180,18 +182,43 @@ fig.tight_layout()
 # %% [markdown]
 # **Reading the sweep.** "rel. miss" is $\lVert f_\text{real} - f_\text{lin}\rVert / \lVert
 # f_\text{real} - f_0 \rVert$ on the test snippets: the part of the change of the logits that the
-# linearisation does not account for (0 is perfect, 1 means it explains nothing). The table and the
-# figure show the regime by numbers: at the smallest rate the update stays a few percent of
-# $\lVert W_0\rVert$, the kernel barely moves and the linearisation tracks the real run; the miss and
-# the drift grow with the learning rate and with the number of steps, and at the largest rate the kernel
-# has changed by a quantity of the order of itself. The claims below make that boundary checkable.
+# linearisation does not account for (0 is perfect, 1 means it explains nothing). What we measured at
+# `default` (2 seeds, 20 steps of 32 snippets, rank 16; means):
 #
-# * **Inside the regime** (the paper's comparison): at the smallest learning rate and $N = 16$ per
-#   class, the linearisation must account for the change of the logits up to 20% (relative miss
-#   $\le 0.2$, for every seed). Its controls run the same check on a tiny problem at a learning rate far
-#   outside the regime (it fails) and at a small one (it passes).
-# * **The boundary**: at the largest rate the miss is at least five times the miss at the smallest rate,
-#   and the kernel drift exceeds 0.3, for every $N$ (sanity: a measured property of our runs).
+# | $N$/class | lr | rel. miss | kernel drift | $\lVert BA\rVert/\lVert W_0\rVert$ (value) | bal. acc. real / lin / zero-shot |
+# |---|---|---|---|---|---|
+# | 16 | $10^{-3}$ | 0.14 | 0.16 | 0.08 | 0.705 / 0.707 / 0.698 |
+# | 16 | $3\cdot10^{-3}$ (dev) | 0.44 | 0.70 | 0.36 | 0.656 / 0.641 / 0.698 |
+# | 16 | $10^{-2}$ | 1.34 | 0.93 | 0.71 | 0.616 / 0.632 / 0.698 |
+# | 64 | $10^{-3}$ | 0.06 | 0.04 | 0.03 | 0.728 / 0.724 / 0.719 |
+# | 64 | $3\cdot10^{-3}$ (dev) | 0.32 | 0.20 | 0.11 | 0.732 / 0.730 / 0.719 |
+# | 64 | $10^{-2}$ | 0.61 | 0.53 | 0.22 | 0.701 / 0.696 / 0.719 |
+#
+# * **Inside the regime** at the smallest rate: the update stays a few percent of $\lVert W_0\rVert$,
+#   the kernel moves by 4–16%, the linearisation accounts for 86–94% of the change of the logits, and
+#   the two test accuracies agree to within 0.004 — the paper's comparison holds here.
+# * **The boundary** is crossed by the learning rate and by the steps per example: the miss grows about
+#   tenfold from $10^{-3}$ to $10^{-2}$ at both $N$ and grows with the step (the right panel). At equal
+#   steps the few-shot run ($N = 16$ per class: every step is the full training set) moves further than
+#   the $N = 64$ run, so few-shot is *not* automatically the safer side: what matters is how far the
+#   weights travel, $\lVert BA\rVert/\lVert W_0\rVert$.
+# * **At the rate chosen on the dev split** ($3\cdot10^{-3}$ at both $N$) the real run is outside the
+#   regime at the few-shot size — the kernel changes by 70% of itself and the linearisation misses 44%
+#   of the change — yet the two test accuracies still agree to within 0.02: balanced accuracy is a
+#   coarse summary that can agree while the functions do not. The NTK premise of the paper's theorems
+#   is therefore a property of the run (rate × steps), not of few-shot fine-tuning as such.
+# * **Against the zero-shot head**, fine-tuning does not beat it at $N = 16$ per class (0.656 at the
+#   dev-chosen rate against 0.698, test loss 1.14 against the head's 0.58): 20 full-batch steps over
+#   32 snippets overfit them, and the dev split of 64 snippets is too coarse to prefer the smaller rate.
+#   At $N = 64$ it gains 0.013 in balanced accuracy, within one seed deviation (0.04).
+#
+# The claims below make the boundary checkable. The first is the paper's comparison at the smallest
+# rate and the few-shot $N$ (relative miss $\le 0.2$ for every seed; we measured 0.16 at the worst
+# seed); its controls run the same check on a tiny problem at a rate far outside the regime (it fails)
+# and at a small one (it passes). The others are measured properties of our sweep (sanity): the miss at
+# the largest rate is at least five times that at the smallest, the kernel drift at the largest rate
+# exceeds 0.3 at every $N$, and at the dev-chosen rate and the few-shot $N$ the kernel drift exceeds 0.3
+# while the accuracies agree to within 0.05.
 
 # %% tags=["nbval-check-output"]
 N0, lo, hi = Ns[0], lrs[0], lrs[-1]
@@ -227,3 +254,16 @@ lb.claim(
     "at the largest learning rate the real run's kernel drift exceeds 0.3 at every N (mean over seeds)",
     drift_hi, ">", 0.3, kind="sanity",
 )
+if scale.name != "quick":
+    at = [runs[(N0, chosen[N0], s)] for s in seeds]
+    lb.claim(
+        "at the dev-chosen rate and the few-shot N the real run leaves the NTK regime: kernel drift "
+        "above 0.3 (mean over seeds)",
+        float(np.mean([r["drift"] for r in at])), ">", 0.3, kind="sanity", lr=chosen[N0],
+    )
+    lb.claim(
+        "... while the test balanced accuracies of the real and linearised runs still agree to within "
+        "0.05 (mean over seeds)",
+        abs(float(np.mean([final(r, "real") - final(r, "lin") for r in at]))), "<=", 0.05,
+        kind="sanity", lr=chosen[N0],
+    )

@@ -669,9 +669,9 @@ def ntk_pair_run(config: dict) -> dict:
     Returns
     -------
     dict with ``zero`` (the untrained head: ``dev``/``test`` ``bacc``, ``loss``), ``checkpoints`` (per checkpoint:
-    ``step``, ``real`` and ``lin`` ``dev``/``test`` ``bacc``/``loss``, ``agree`` = :func:`agreement` on the test
-    split), ``drift`` (:func:`kernel_drift` of the real run's weight kernel on the probe snippets; the linearised
-    model's kernel is ``K_0`` by construction), ``update`` (``‖s·B A‖_F / ‖W0‖_F`` per projection), ``f_test``
+    ``step``, ``real`` and ``lin`` ``test`` (and, at the last, ``dev``) ``bacc``/``loss``, ``agree`` =
+    :func:`agreement` on the test split), ``drift`` (:func:`kernel_drift` of the real run's weight kernel on the
+    probe snippets; the linearised model's kernel is ``K_0`` by construction), ``update`` (``‖s·B A‖_F / ‖W0‖_F`` per projection), ``f_test``
     (final real, linearised and initial test logits) and ``seconds``.
     """
     from tqdm import tqdm
@@ -729,8 +729,8 @@ def ntk_pair_run(config: dict) -> dict:
             opt.step()
         if step in checks:
             row = {"step": step, "real": {}, "lin": {}}
-            with torch.no_grad():
-                for s in ("dev", "test"):
+            with torch.no_grad():  # the dev split only where it is used: at the end, to choose the rate
+                for s in ("dev", "test") if step == checks[-1] else ("test",):
                     fr = layer_logit(real, inp[s][0], inp[s][1], dirs, T)
                     fl = linearised_logit(fac[s], lin)
                     row["real"][s], row["lin"][s] = scores(fr, inp[s][2]), scores(fl, inp[s][2])

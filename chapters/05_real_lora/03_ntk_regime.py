@@ -68,6 +68,7 @@
 # %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
+import tqdm.auto  # noqa: F401  (first imported here: its notebook warning stays out of the checks)
 
 import lorabook as lb
 from lorabook import data as dt, plotting, real

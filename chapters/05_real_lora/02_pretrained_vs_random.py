@@ -62,7 +62,7 @@
 # %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
-import tqdm.auto  # noqa: F401  (first imported here: its notebook warning stays out of the checks)
+import tqdm.auto  # noqa: F401  (imported first here: its notebook warning stays out of checks)
 
 import lorabook as lb
 from lorabook import data as dt, plotting, real
@@ -122,16 +122,17 @@ def stat(m, r, split="test", k="bacc"):
 
 
 # the zero-shot cosine head of each frozen model (class phrases embedded by that model)
-split = dt.rotten_tomatoes_splits(tuple(common["classes"]), n_train_per_class=common["n_train"],
-                                  n_dev_per_class=common["n_dev"], n_test=common["n_test"],
-                                  seed=common["split_seed"])
+split = dt.rotten_tomatoes_splits(
+    tuple(common["classes"]), n_train_per_class=common["n_train"],
+    n_dev_per_class=common["n_dev"], n_test=common["n_test"], seed=common["split_seed"])
 y_test = torch.as_tensor(split["test_labels"])
 zero = {}
 for m in MODELS:  # the random model of the first seed
     base = real._base_model(m, 0)
     d = real.embed_on(base, [dt.CLASS_PHRASES[c] for c in common["classes"]])
     e = real._base_features(m, 0, tuple(common["classes"]), common["n_train"], common["n_dev"],
-                            common["n_test"], common["split_seed"], common["max_length"])[1]["test"]
+                            common["n_test"], common["split_seed"],
+                            common["max_length"])[1]["test"]
     z = dt.zero_shot_logits(e, d / d.norm(dim=1, keepdim=True)).cpu()
     zero[m] = dict(bacc=dt.balanced_accuracy(z, y_test),
                    loss=float(torch.nn.functional.cross_entropy(z, y_test)))
@@ -156,7 +157,8 @@ for j, (k, title) in enumerate((("bacc", "test balanced accuracy"), ("loss", "te
         ms = np.array([stat(m, r, k=k) for r in xs])
         ax[j].errorbar(np.arange(len(xs)), ms[:, 0], yerr=ms[:, 1], fmt="o-", color=colors[m],
                        label=f"{m} frozen model")
-    ax[j].axhline(zero["pretrained"][k], color="k", ls="--", label="zero-shot head (pretrained)")
+    ax[j].axhline(zero["pretrained"][k], color="k", ls="--",
+                  label="zero-shot head (pretrained)")
     ax[j].set(xticks=np.arange(len(xs)), xticklabels=["probe"] + [str(r) for r in ranks],
               xlabel="LoRA rank (query, value; 6 layers)", title=title)
 ax[0].legend(fontsize=7)
@@ -199,16 +201,17 @@ near = [runs[("pretrained", ranks[0], s)]["test"]["bacc"] for s in seeds]
 far = [runs[("random", ranks[-1], s)]["test"]["bacc"] for s in seeds]
 if scale.name == "quick":
     lb.claim(
-        "at quick scale, the pretrained model at the smallest rank is at least as accurate as the "
-        "random model at the largest rank (pipeline check)",
+        "at quick scale, the pretrained model at the smallest rank is at least as accurate "
+        "as the random model at the largest rank (pipeline check)",
         float(np.mean(near) - np.mean(far)), ">=", 0.0, kind="sanity",
     )
 else:
     lb.claim(
-        "the pretrained frozen model at the smallest rank beats the random frozen model at the "
-        "largest rank on test balanced accuracy, by more than two pooled seed deviations",
+        "the pretrained frozen model at the smallest rank beats the random frozen model at "
+        "the largest rank on test balanced accuracy, by more than two pooled seed deviations",
         real.closeness_margin(near, far), ">", 2.0, kind="theorem",
-        label="Zeng & Lee, Transformer networks (real model: pretrained vs random frozen model)",
+        label=("Zeng & Lee, Transformer networks "
+               "(real model: pretrained vs random frozen model)"),
         control=("test_controls_ch5b.py::test_closeness_fails_between_two_random_models",
                  "test_controls_ch5b.py::test_closeness_passes_pretrained_vs_random_probe"),
         near=float(np.mean(near)), far=float(np.mean(far)),

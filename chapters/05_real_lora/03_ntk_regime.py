@@ -68,7 +68,7 @@
 # %% tags=["nbval-ignore-output"]
 import numpy as np
 import torch
-import tqdm.auto  # noqa: F401  (first imported here: its notebook warning stays out of the checks)
+import tqdm.auto  # noqa: F401  (imported first here: its notebook warning stays out of checks)
 
 import lorabook as lb
 from lorabook import data as dt, plotting, real
@@ -90,25 +90,27 @@ print(lb.describe())
 classes = ("fresh", "rotten")
 directions = dt.class_directions(classes)
 n_check = scale.pick(quick=4, default=16, paper=16)  # snippets per class
-texts = dt.rotten_tomatoes_splits(classes, n_train_per_class=n_check, n_dev_per_class=1, n_test=1,
-                                  seed=0)["train_texts"]
+texts = dt.rotten_tomatoes_splits(classes, n_train_per_class=n_check, n_dev_per_class=1,
+                                  n_test=1, seed=0)["train_texts"]
 h, m = dt.hidden_before_layer(texts, 5, max_length=32)
 layer5 = dt.load_minilm()[1].encoder.layer[5]
 fac = real.layer_jacobian_factors(layer5, h, m, directions)
 g = torch.Generator().manual_seed(0)
-factors = {n: (torch.randn(16, 384, generator=g) / 384 ** 0.5, torch.randn(384, 16, generator=g) / 40)
-           for n in ("query", "value")}
+factors = {n: (torch.randn(16, 384, generator=g) / 384 ** 0.5,
+               torch.randn(384, 16, generator=g) / 40) for n in ("query", "value")}
 ours = real.linearised_logit(fac, factors) - fac["f0"]
 ref = real.jvp_logit(layer5, h, m, directions, {n: B @ A for n, (A, B) in factors.items()})
 lb.claim(
     "the token-sum linearisation equals torch.func.jvp of the layer (max |difference| of the "
     "directional derivative)",
-    float((ours - ref).abs().max()), "<=", 1e-4, kind="sanity", scale_of_derivative=float(ref.abs().max()),
+    float((ours - ref).abs().max()), "<=", 1e-4, kind="sanity",
+    scale_of_derivative=float(ref.abs().max()),
 )
 
 # %%
 Ns = scale.pick(quick=[8], default=[16, 64], paper=[16, 64, 256, 1024])
-lrs = scale.pick(quick=[1e-3, 3e-2], default=[1e-3, 3e-3, 1e-2], paper=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+lrs = scale.pick(quick=[1e-3, 3e-2], default=[1e-3, 3e-3, 1e-2],
+                 paper=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
 seeds = list(range(scale.pick(quick=2, default=2, paper=5)))
 steps = scale.pick(quick=4, default=20, paper=200)
 common = dict(
@@ -157,24 +159,26 @@ for N in Ns:
         print(f"{N:4d} {lr:.0e}{star}| " + " | ".join(f"{a:.3f} ± {s:.3f}" for a, s in cols))
 print("(* chosen on dev)  test loss at the chosen rate, real / linearised / zero-shot:",
       {N: [round(float(ms(N, chosen[N], lambda r: final(r, w, k="loss"))[0]), 3)
-           for w in ("real", "lin")] + [round(runs[(N, chosen[N], 0)]["zero"]["test"]["loss"], 3)]
-       for N in Ns})
+           for w in ("real", "lin")]
+          + [round(runs[(N, chosen[N], 0)]["zero"]["test"]["loss"], 3)] for N in Ns})
 print(f"mean wall time per run (both models): {np.mean([r['seconds'] for r in out]):.1f} s")
 
 # %% tags=["hide-input"]
 fig, ax = plotting.subplots(3, width=3.4, height=3.0)
-for N, c in zip(Ns, (plotting.COLORS["lora"], plotting.COLORS["lora_A"], plotting.COLORS["full"],
-                     plotting.COLORS["other"])):
-    for j, fn in enumerate((lambda r: r["checkpoints"][-1]["agree"]["rel"], lambda r: r["drift"])):
+palette = [plotting.COLORS[k] for k in ("lora", "lora_A", "full", "other")]
+for N, c in zip(Ns, palette):
+    for j, fn in enumerate((lambda r: r["checkpoints"][-1]["agree"]["rel"],
+                            lambda r: r["drift"])):
         v = np.array([ms(N, lr, fn) for lr in lrs])
         ax[j].errorbar(lrs, v[:, 0], yerr=v[:, 1], fmt="o-", color=c, label=f"N = {N}/class")
     for lr, style in zip(lrs, ("-", "--", ":", "-.", (0, (1, 3)))):
-        v = np.array([[r["checkpoints"][i]["agree"]["rel"] for i in range(len(common["checkpoints"]))]
-                      for r in (runs[(N, lr, s)] for s in seeds)]).mean(0)
+        v = np.array([[c_["agree"]["rel"] for c_ in runs[(N, lr, s)]["checkpoints"]]
+                      for s in seeds]).mean(0)
         ax[2].plot(common["checkpoints"], v, ls=style, color=c, label=f"N={N}, lr={lr:g}")
 ax[0].set(xscale="log", yscale="log", xlabel="learning rate",
           title="‖f_real − f_lin‖ / ‖f_real − f_0‖ (test)")
-ax[1].set(xscale="log", yscale="log", xlabel="learning rate", title="kernel drift ‖K_T − K_0‖/‖K_0‖")
+ax[1].set(xscale="log", yscale="log", xlabel="learning rate",
+          title="kernel drift ‖K_T − K_0‖/‖K_0‖")
 ax[2].set(yscale="log", xlabel="step", title="relative miss during training")
 ax[0].legend(fontsize=7)
 ax[2].legend(fontsize=5)
@@ -226,18 +230,19 @@ N0, lo, hi = Ns[0], lrs[0], lrs[-1]
 miss = [runs[(N0, lo, s)]["checkpoints"][-1]["agree"]["rel"] for s in seeds]
 if scale.name == "quick":
     lb.claim(
-        "at quick scale, the linearisation tracks the real run at the smallest rate (relative miss, "
-        "worst seed; pipeline check)",
+        "at quick scale, the linearisation tracks the real run at the smallest rate "
+        "(relative miss, worst seed; pipeline check)",
         max(miss), "<=", 0.5, kind="sanity",
     )
 else:
     lb.claim(
-        "at the smallest learning rate and the few-shot N, the linearised model accounts for the "
-        "real run's change of the test logits up to 20% (relative miss, worst seed)",
+        "at the smallest learning rate and the few-shot N, the linearised model accounts for "
+        "the real run's change of the test logits up to 20% (relative miss, worst seed)",
         max(miss), "<=", 0.2, kind="theorem",
         label="Jang et al., Table 4 (text stand-in: MiniLM last layer, Rotten Tomatoes)",
-        control=("test_controls_ch5b.py::test_linearisation_check_fails_far_outside_the_regime",
-                 "test_controls_ch5b.py::test_linearisation_check_passes_at_a_small_rate"),
+        control=(
+            "test_controls_ch5b.py::test_linearisation_check_fails_far_outside_the_regime",
+            "test_controls_ch5b.py::test_linearisation_check_passes_at_a_small_rate"),
         bacc_real=float(np.mean([final(runs[(N0, lo, s)], "real") for s in seeds])),
         bacc_lin=float(np.mean([final(runs[(N0, lo, s)], "lin") for s in seeds])),
         drift=float(np.mean([runs[(N0, lo, s)]["drift"] for s in seeds])),
@@ -246,25 +251,26 @@ ratio = min(np.mean([runs[(N, hi, s)]["checkpoints"][-1]["agree"]["rel"] for s i
             / np.mean([runs[(N, lo, s)]["checkpoints"][-1]["agree"]["rel"] for s in seeds])
             for N in Ns)
 lb.claim(
-    "the relative miss of the linearisation grows with the learning rate: at the largest rate it is "
-    "at least five times that at the smallest, at every N (means over seeds)",
+    "the relative miss of the linearisation grows with the learning rate: at the largest rate "
+    "it is at least five times that at the smallest, at every N (means over seeds)",
     ratio, ">=", 5.0, kind="sanity",
 )
 drift_hi = min(np.mean([runs[(N, hi, s)]["drift"] for s in seeds]) for N in Ns)
 lb.claim(
-    "at the largest learning rate the real run's kernel drift exceeds 0.3 at every N (mean over seeds)",
+    "at the largest learning rate the real run's kernel drift exceeds 0.3 at every N "
+    "(mean over seeds)",
     drift_hi, ">", 0.3, kind="sanity",
 )
 if scale.name != "quick":
     at = [runs[(N0, chosen[N0], s)] for s in seeds]
     lb.claim(
-        "at the dev-chosen rate and the few-shot N the real run leaves the NTK regime: kernel drift "
-        "above 0.3 (mean over seeds)",
+        "at the dev-chosen rate and the few-shot N the real run leaves the NTK regime: "
+        "kernel drift above 0.3 (mean over seeds)",
         float(np.mean([r["drift"] for r in at])), ">", 0.3, kind="sanity", lr=chosen[N0],
     )
     lb.claim(
-        "... while the test balanced accuracies of the real and linearised runs still agree to within "
-        "0.05 (mean over seeds)",
+        "... while the test balanced accuracies of the real and linearised runs still agree "
+        "to within 0.05 (mean over seeds)",
         abs(float(np.mean([final(r, "real") - final(r, "lin") for r in at]))), "<=", 0.05,
         kind="sanity", lr=chosen[N0],
     )

@@ -231,3 +231,17 @@ def test_probe_run_on_a_tiny_split():
     assert set(out) >= {"dev", "test", "probe", "params", "seconds", "probe_decay"}
     assert out["params"] == 6 * 2 * (384 + 384)
     assert 0 <= out["test"]["bacc"] <= 1 and np.isfinite(out["test"]["loss"])
+
+
+def test_embed_on_and_base_model_validate():
+    model = real._base_model("pretrained", 0)
+    e = real.embed_on(model, ["a fine film", "dull"], max_length=8)
+    assert e.shape == (2, 384)
+    # the same embedding as the book's embed (dynamic padding both ways)
+    assert torch.allclose(e, real.embed(model, ["a fine film", "dull"], max_length=8), atol=1e-6)
+    with pytest.raises(ValueError, match="texts"):
+        real.embed_on(model, "a string")
+    with pytest.raises(ValueError, match="max_length"):
+        real.embed_on(model, ["x"], max_length=1)
+    with pytest.raises(ValueError, match="model must be"):
+        real._base_model("other", 0)

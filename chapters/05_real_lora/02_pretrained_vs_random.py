@@ -19,10 +19,11 @@
 # is from the target: in the linear case the best rank-$R$ adapters on $L$ layers leave the error
 # $\sigma_{RL+1}(E)$ of the discrepancy $E = \bar W - \prod_l W_l$, so a frozen model whose discrepancy has
 # a smaller rank (or faster-decaying singular values) needs a smaller $R$; the Transformer result gives
-# the same picture per attention pair. Chapter 1 checks the statements where they live. Their experiment on
-# a real model (RoBERTa-base on GLUE, pretrained against randomly initialised frozen weights) is not
-# installable offline; this page runs its analogue on what the book has: all-MiniLM-L6-v2 on the
-# fresh/rotten task, against the **same architecture with random weights**.
+# the same picture per attention pair. Chapter 1 checks the statements where they live. The authors'
+# real-model configuration (RoBERTa-base on GLUE, pretrained against randomly initialised frozen
+# weights) needs weights no installable package ships; this page runs its analogue on what the book
+# has: all-MiniLM-L6-v2 on the fresh/rotten task, against the **same architecture with random
+# weights**.
 #
 # ```{prf:theorem} Zeng & Lee, Transformer networks — the part tested here
 # :label: thm-zeng-lee-closeness-real

@@ -644,16 +644,15 @@ def agreement(f_real: torch.Tensor, f_lin: torch.Tensor, f0: torch.Tensor) -> di
 def _top_inputs(classes: tuple, n_train: int, n_dev: int, n_test: int, split_seed: int, max_length: int,
                 layer: int) -> dict:
     from .config import device
-    from .data import class_directions, hidden_before_layer, rotten_tomatoes_splits
+    from .data import class_directions, rotten_tomatoes_splits
 
     data = rotten_tomatoes_splits(classes, n_train_per_class=n_train, n_dev_per_class=n_dev, n_test=n_test,
                                   seed=split_seed)
     dev = device()
     out = {"directions": class_directions(classes).to(dev)}
     for s in ("train", "dev", "test"):
-        h, m = hidden_before_layer(data[f"{s}_texts"], layer, max_length=max_length)
-        T = int(m.sum(1).max())  # drop the columns that are padding for every snippet
-        out[s] = tuple(t.contiguous().to(dev) for t in (h[:, :T], m[:, :T], torch.as_tensor(data[f"{s}_labels"])))
+        h, m = hidden_before(data[f"{s}_texts"], layer, max_length=max_length)
+        out[s] = tuple(t.contiguous().to(dev) for t in (h, m, torch.as_tensor(data[f"{s}_labels"])))
     return out
 
 
@@ -664,7 +663,8 @@ def ntk_pair_run(config: dict) -> dict:
     ``config`` keys: ``classes`` (two names), ``n_train``, ``n_dev`` (per class), ``n_test``, ``split_seed``,
     ``rank``, ``lr`` (Adam), ``steps``, ``checkpoints`` (steps at which both are evaluated; the last must be
     ``steps``), ``batch_size``, ``seed``, ``temperature``, ``max_length``, ``n_probe`` (training snippets of the
-    kernel). Layers 0–4 are frozen, so their output is computed once per split (cached in the process).
+    kernel). Layers 0–4 are frozen, so their output is computed once per split (:func:`hidden_before`, cached in
+    the process).
 
     Returns
     -------
@@ -787,3 +787,39 @@ def _bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     from .data import attention_bias
 
     return attention_bias(mask, dtype)
+
+
+@torch.no_grad()
+def hidden_before(texts: Sequence[str], layer: int, *, max_length: int = 32, batch_size: int = 64
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states of the pretrained MiniLM entering encoder layer ``layer`` (0..5), as
+    :func:`lorabook.data.hidden_before_layer` computes them, but running only layers ``0..layer-1`` on batches of
+    similar length (dynamic padding). Returns ``(hidden, mask)``: ``(n, T, 384)`` and ``(n, T)``, ``T`` the
+    longest tokenised text (at most ``max_length``), padding positions zero."""
+    from .data import attention_bias, load_minilm
+
+    tok, model = load_minilm()
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(model.encoder.layer):
+        raise ValueError(f"layer must be an integer in [0, {len(model.encoder.layer) - 1}], got {layer!r}")
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a non-empty list of strings")
+    texts = list(texts)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    parts = []
+    for i in range(0, len(texts), batch_size):
+        idx = order[i:i + batch_size]
+        b = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=max_length,
+                return_tensors="pt")
+        h = model.embeddings(input_ids=b["input_ids"], token_type_ids=torch.zeros_like(b["input_ids"]))
+        bias = attention_bias(b["attention_mask"], h.dtype)
+        for lay in model.encoder.layer[:layer]:
+            out = lay(h, attention_mask=bias)
+            h = out[0] if isinstance(out, tuple) else out
+        parts.append((idx, h, b["attention_mask"]))
+    T = max(m.shape[1] for _, _, m in parts)
+    hidden = torch.zeros(len(texts), T, h.shape[2], dtype=h.dtype)
+    mask = torch.zeros(len(texts), T, dtype=torch.long)
+    for idx, h, m in parts:
+        hidden[torch.as_tensor(idx), :h.shape[1]] = h * m[..., None]
+        mask[torch.as_tensor(idx), :m.shape[1]] = m
+    return hidden, mask

@@ -245,3 +245,19 @@ def test_embed_on_and_base_model_validate():
         real.embed_on(model, ["x"], max_length=1)
     with pytest.raises(ValueError, match="model must be"):
         real._base_model("other", 0)
+
+
+def test_hidden_before_matches_the_full_forward():
+    from lorabook import data as dt
+
+    texts = ["a fine film", "dull, long and loud", "the plot of a movie about a dog and its boy", "ok"]
+    h1, m1 = dt.hidden_before_layer(texts, 3, max_length=16)
+    h2, m2 = real.hidden_before(texts, 3, max_length=16)
+    T = h2.shape[1]
+    assert T == int(m1.sum(1).max()) and torch.equal(m1[:, :T], m2)
+    assert ((h1[:, :T] - h2) * m2[..., None]).abs().max() < 1e-4
+    assert (h2[m2 == 0] == 0).all()
+    with pytest.raises(ValueError, match="layer"):
+        real.hidden_before(texts, 6)
+    with pytest.raises(ValueError, match="texts"):
+        real.hidden_before([], 2)

@@ -25,7 +25,7 @@
 # has: all-MiniLM-L6-v2 on the fresh/rotten task, against the **same architecture with random
 # weights**.
 #
-# ```{prf:theorem} Zeng & Lee, Transformer networks — the part tested here
+# ```{prf:theorem} Zeng & Lee, real-model experiment — the claim tested here
 # :label: thm-zeng-lee-closeness-real
 # :nonumber:
 # :class: paper
@@ -211,8 +211,8 @@ else:
         "the pretrained frozen model at the smallest rank beats the random frozen model at "
         "the largest rank on test balanced accuracy, by more than two pooled seed deviations",
         real.closeness_margin(near, far), ">", 2.0, kind="theorem",
-        label=("Zeng & Lee, Transformer networks "
-               "(real model: pretrained vs random frozen model)"),
+        label=("Zeng & Lee, real-model experiment "
+               "(MiniLM stand-in: pretrained vs random frozen model)"),
         control=("test_controls_ch5b.py::test_closeness_fails_between_two_random_models",
                  "test_controls_ch5b.py::test_closeness_passes_pretrained_vs_random_probe"),
         near=float(np.mean(near)), far=float(np.mean(far)),

@@ -844,15 +844,35 @@ def adapter_mse(weights: torch.Tensor, biases: torch.Tensor, target_w: torch.Ten
     """
     if weights.dim() != 5 or biases.dim() != 4 or x.dim() != 3 or x.shape[0] != weights.shape[0]:
         raise ValueError("need weights (S, C, L, D, D), biases (S, C, L, D) and x (S, n, D)")
+    S, C, L, D = weights.shape[:4]
+    n = x.shape[1]
+    if weights.shape[-2:] != (D, D) or biases.shape != (S, C, L, D) or x.shape[2] != D:
+        raise ValueError(f"need weights (S, C, L, D, D), biases (S, C, L, D) and x (S, n, D); got "
+                         f"{tuple(weights.shape)}, {tuple(biases.shape)} and {tuple(x.shape)}")
     kw = dict(dtype=weights.dtype, device=weights.device)
     x = x.to(**kw)
+    out = torch.empty(S, C, **kw)
     with torch.no_grad():
-        y = fnn_forward(x, target_w.to(**kw), target_b.to(**kw), relu=relu)[:, None]
-        chunks = []
-        for c in range(0, weights.shape[1], 32):                 # bounded memory for large grids
-            out = fnn_forward(x[:, None], weights[:, c:c + 32], biases[:, c:c + 32], relu=relu)
-            chunks.append((out - y).square().sum(-1).mean(-1))
-    return torch.cat(chunks, 1)
+        y = fnn_forward(x, target_w.to(**kw), target_b.to(**kw), relu=relu)        # (S, n, D)
+        k = max(1, min(C, 2**15 // n))                       # configs per chunk: activations of a few MB
+        h, d = torch.empty(k, n, D, **kw), torch.empty(k, n, D, **kw)
+        for s in range(S):
+            for c in range(0, C, k):                        # each config's forward pass as in fnn_forward
+                j = min(k, C - c)
+                hj, dj = h[:j], d[:j]
+                torch.bmm(x[s].expand(j, n, D), weights[s, c:c + j, 0].transpose(1, 2), out=hj)
+                for l in range(L):
+                    if l:
+                        torch.bmm(hj, weights[s, c:c + j, l].transpose(1, 2), out=dj)
+                        hj.copy_(dj)
+                    hj.add_(biases[s, c:c + j, l].unsqueeze(1))
+                    if relu:
+                        hj.clamp_min_(0.0)
+                torch.sub(hj, y[s], out=dj)
+                out[s, c:c + j] = dj.square_().sum(-1).mean(-1)
+    if not torch.isfinite(out).all():
+        raise ValueError("adapter_mse produced NaN or infinite values (check the inputs and weights)")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -561,9 +561,9 @@ def _fnn_problem(frozen_w, frozen_b, target_w, target_b, configs, *, batch, gene
 
 
 # inputs are drawn this many steps at a time (one generator call: the same numbers as one call per step)
-_DRAW_BLOCK = 64
+_DRAW_BLOCK = 64  # pragma: no mutate
 # the parameters are checked for non-finite values every this many steps (and after the last one)
-_FINITE_EVERY = 50
+_FINITE_EVERY = 50  # pragma: no mutate
 
 
 def _fnn_adam(P: types.SimpleNamespace, steps: int, *, lr_factor: Callable[[int], float] | None = None,
@@ -601,7 +601,7 @@ def _fnn_adam(P: types.SimpleNamespace, steps: int, *, lr_factor: Callable[[int]
     # 0 / (√v̂ + eps) = 0 whatever v is; v = 1 there keeps the square root away from zeros, its slow path on CPUs
     frozen = [(P.lm.transpose(-1, -2) == 0).expand(SC, L, r, D), (P.lm == 0).expand(SC, L, D, r),
               (P.bm == 0).expand(SC, L, D)] + ([(P.fm == 0).expand(SC, L, D, D)] if P.any_full else [])
-    v.masked_fill_(torch.cat([f.transpose(0, 1).reshape(-1) for f in frozen]), 1.0)
+    v.masked_fill_(torch.cat([f.transpose(0, 1).reshape(-1) for f in frozen]), 1.0)  # pragma: no mutate
     lr_flat = torch.cat([P.lr.repeat_interleave(size // (L * SC)).repeat(L) for size in sizes])
     lr_step = torch.empty_like(lr_flat) if lr_factor is not None else lr_flat
     wd4 = P.wd.view(1, SC, 1, 1)
@@ -686,7 +686,7 @@ def _fnn_adam(P: types.SimpleNamespace, steps: int, *, lr_factor: Callable[[int]
         if lr_factor is not None:
             torch.mul(lr_flat, lr_factor(t - 1), out=lr_step)
         theta.sub_(num.mul_(lr_step))
-        if t % _FINITE_EVERY == 0 or t == steps:
+        if t % _FINITE_EVERY == 0 or t == steps:  # pragma: no mutate
             if not torch.isfinite(theta).all():
                 raise FloatingPointError(f"non-finite loss or parameters by step {t - 1} (lower the learning rate)")
         if on_step is not None:
@@ -707,6 +707,11 @@ def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w:
     weights, and trainable biases on all layers, none, or the last ``k``. Weight decay ``λ/2 ‖θ‖²`` applies to the
     adapter weights (not the biases). LoRA starts at ``A`` Gaussian (std ``1/√D``), ``B = 0``. Fresh inputs,
     uniform on ``[low, high]^D``, are drawn at every step (one batch per seed, shared by its configs).
+
+    The gradients are computed by a hand-written backward pass (one batched matrix product per layer and
+    direction over all runs, buffers allocated once) and Adam is the update of
+    :func:`lorabook.train.batched_adam`: the same iterates as autograd with ``batched_adam``, up to float rounding.
+    A run whose loss overflows raises ``FloatingPointError`` (lower its learning rate).
 
     Parameters
     ----------
@@ -854,7 +859,7 @@ def adapter_mse(weights: torch.Tensor, biases: torch.Tensor, target_w: torch.Ten
     out = torch.empty(S, C, **kw)
     with torch.no_grad():
         y = fnn_forward(x, target_w.to(**kw), target_b.to(**kw), relu=relu)        # (S, n, D)
-        k = max(1, min(C, 2**15 // n))                       # configs per chunk: activations of a few MB
+        k = max(1, min(C, 2**15 // n))  # pragma: no mutate  (configs per chunk: activations of a few MB)
         h, d = torch.empty(k, n, D, **kw), torch.empty(k, n, D, **kw)
         for s in range(S):
             for c in range(0, C, k):                        # each config's forward pass as in fnn_forward

@@ -574,9 +574,8 @@ def _fnn_adam(P: types.SimpleNamespace, steps: int, *, lr_factor: Callable[[int]
 
     What makes it fast: every layer, forward and backward, is one batched matrix product over (seed, config)
     (the first layer reads each seed's shared inputs through a stride-0 view); every large tensor is allocated
-    once; the
-    ReLU masks are read from the stored activations (``ReLU(z) > 0`` iff ``z > 0``); the factor ``2/n`` of the
-    loss is applied to the small weight gradients; masked LoRA rows of ``A`` are zeroed once (they never move and
+    once and written in place; the ReLU masks are read from the stored activations (``ReLU(z) > 0`` iff
+    ``z > 0``); the factor ``2/n`` of the loss is applied to the small weight gradients; masked LoRA rows of ``A`` are zeroed once (they never move and
     meet only zero columns of ``B``), so no rank mask is applied per step; the inputs of ``_DRAW_BLOCK`` steps are
     drawn in one call; all parameters live in one flat buffer, so an Adam step is a dozen vector operations with
     a per-element learning rate. ``lr_factor(t)`` scales the learning rates at step ``t`` (0-based);

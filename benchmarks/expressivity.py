@@ -187,9 +187,10 @@ def main() -> None:
     print(f"| reference-style run (own process, nn.Module, torch.optim.Adam), mean of {args.baseline_runs} | 1 | "
           f"{args.baseline_steps} | | | {b_cpu:.1f} | {b_cpu / FULL_STEPS * 1e6:.0f} |")
     print(f"| reference-style grid, extrapolated | {n_runs} | | | | {b_cpu * n_runs:,.0f} | |")
+    how = ("the sum of the halves' CPU times: they ran one after the other" if args.sequential else
+           "the slower half's CPU time: each half is a single-threaded process on its own core")
     print(f"\nfull grid: {g_cpu:.0f} s CPU in all; wall on 2 idle cores ≈ {idle_wall:.0f} s = "
-          f"{idle_wall / 60:.1f} min (the slower half's CPU time: each half is a single-threaded process on its own "
-          f"core); wall measured here {full_wall:.0f} s (load average {load0:.1f}).")
+          f"{idle_wall / 60:.1f} min ({how}); wall measured here {full_wall:.0f} s (load average {load0:.1f}).")
     print(f"measured ratio (reference-style / batched): CPU {b_cpu * n_runs / g_cpu:.0f}×; on 2 idle cores "
           f"(reference-style runs two at a time) {b_cpu * n_runs / 2 / idle_wall:.0f}×; batched grid per run: "
           f"{g_cpu / n_runs:.3f} s CPU")

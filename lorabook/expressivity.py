@@ -33,10 +33,12 @@ Public API
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import types
+from typing import Callable, Sequence
 
 import torch
 
+from .checks import check_positive_int
 from .linalg import chain_product, check_matrix, check_rank, numerical_rank
 from tqdm import tqdm
 
@@ -476,9 +478,9 @@ def uniform_inputs(shape: Sequence[int], generator: torch.Generator, *, low: flo
     return (low + (high - low) * u).to(dtype=dtype, device=device)
 
 
-def _fnn_problem(frozen_w, frozen_b, target_w, target_b, configs, *, batch, generator, relu, low, high, dtype,
-                 device):
-    """Validate a batched adapter-training problem; return ``(params, loss_fn, model, lr, (S, C, L, D))``."""
+def _fnn_setup(frozen_w, frozen_b, target_w, target_b, configs, *, batch, generator, relu, low, high, dtype,
+               device) -> types.SimpleNamespace:
+    """Validate a batched adapter-training problem and draw its initial adapters; return its tensors and sizes."""
     for name, T, nd in (("frozen_w", frozen_w, 4), ("frozen_b", frozen_b, 3), ("target_w", target_w, 4),
                         ("target_b", target_b, 3)):
         if not isinstance(T, torch.Tensor) or T.dim() != nd or not torch.isfinite(T).all():
@@ -522,9 +524,21 @@ def _fnn_problem(frozen_w, frozen_b, target_w, target_b, configs, *, batch, gene
     fm = full_mask.repeat(S, 1)[:, :, None, None]
     bm = bias_mask.repeat(S, 1)[:, :, None]
 
-    any_full = bool(finals.any())
+    return types.SimpleNamespace(S=S, C=C, L=L, D=D, r=r_max, batch=batch, generator=generator, relu=relu,
+                                 low=low, high=high, kw=kw, fw=fw, fb=fb, tw=tw, tb=tb, A=A, Bm=Bm, dFull=dFull,
+                                 db=db, lm=lm, fm=fm, bm=bm, lr=lr, wd=wd, any_full=bool(finals.any()),
+                                 any_wd=bool((wd > 0).any()))
 
-    any_wd = bool((wd > 0).any())
+
+def _fnn_problem(frozen_w, frozen_b, target_w, target_b, configs, *, batch, generator, relu, low, high, dtype,
+                 device):
+    """Validate a batched adapter-training problem; return ``(params, loss_fn, model, lr, (S, C, L, D))`` for
+    :func:`lorabook.train.batched_adam` (autograd; the reference that :func:`_fnn_adam` computes by hand)."""
+    P = _fnn_setup(frozen_w, frozen_b, target_w, target_b, configs, batch=batch, generator=generator, relu=relu,
+                   low=low, high=high, dtype=dtype, device=device)
+    S, C, L, D, kw = P.S, P.C, P.L, P.D, P.kw
+    fw, fb, tw, tb, A, Bm, dFull, db = P.fw, P.fb, P.tw, P.tb, P.A, P.Bm, P.dFull, P.db
+    lm, fm, bm, lr, wd, any_full, any_wd = P.lm, P.fm, P.bm, P.lr, P.wd, P.any_full, P.any_wd
 
     def model() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         Bl = Bm * lm
@@ -552,6 +566,140 @@ def _fnn_problem(frozen_w, frozen_b, target_w, target_b, configs, *, batch, gene
     return params, loss_fn, model, lr, (S, C, L, D)
 
 
+# inputs are drawn this many steps at a time (one generator call: the same numbers as one call per step)
+_DRAW_BLOCK = 64  # pragma: no mutate
+# the parameters are checked for non-finite values every this many steps (and after the last one)
+_FINITE_EVERY = 50  # pragma: no mutate
+
+
+def _fnn_adam(P: types.SimpleNamespace, steps: int, *, lr_factor: Callable[[int], float] | None = None,
+              on_step: Callable[[int, Callable[[], tuple[torch.Tensor, torch.Tensor]]], None] | None = None,
+              progress: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no mutate
+    """Adam on the problem of :func:`_fnn_setup` with a hand-written backward pass; the same iterates as
+    :func:`lorabook.train.batched_adam` on :func:`_fnn_problem`'s loss, up to float rounding.
+
+    What makes it fast: every layer, forward and backward, is one batched matrix product over (seed, config)
+    (the first layer reads each seed's shared inputs through a stride-0 view); every large tensor is allocated
+    once and written in place; the ReLU masks are read from the stored activations (``ReLU(z) > 0`` iff
+    ``z > 0``); the factor ``2/n`` of the loss is applied to the small weight gradients; masked LoRA rows of ``A`` are zeroed once (they never move and
+    meet only zero columns of ``B``), so no rank mask is applied per step; the inputs of ``_DRAW_BLOCK`` steps are
+    drawn in one call; all parameters live in one flat buffer, so an Adam step is a dozen vector operations with
+    a per-element learning rate. ``lr_factor(t)`` scales the learning rates at step ``t`` (0-based);
+    ``on_step(t, current)`` is called after step ``t`` (1-based) with a function returning the current model.
+
+    Returns ``(W (S, C, L, D, D), b (S, C, L, D))``, detached.
+    """
+    S, C, L, D, n, r = P.S, P.C, P.L, P.D, P.batch, P.r
+    SC, kw, relu = S * C, P.kw, P.relu
+    # one flat buffer, layer-major blocks: A (L, SC, r, D), B (L, SC, D, r), db (L, SC, D)[, dF (L, SC, D, D)]
+    shapes = [(L, SC, r, D), (L, SC, D, r), (L, SC, D)] + ([(L, SC, D, D)] if P.any_full else [])
+    sizes = [math.prod(s) for s in shapes]
+    theta, grad = torch.zeros(sum(sizes), **kw), torch.zeros(sum(sizes), **kw)
+    m, v, num, den = (torch.zeros_like(theta) for _ in range(4))
+    views = [t.view(s) for t, s in zip(theta.split(sizes), shapes)]
+    gviews = [t.view(s) for t, s in zip(grad.split(sizes), shapes)]
+    A, B, db = views[:3]
+    gA, gB, gdb = gviews[:3]
+    A.copy_((P.A * P.lm.transpose(-1, -2)).transpose(0, 1))          # masked rows zero: they never move
+    B.copy_(P.Bm.transpose(0, 1))
+    # frozen entries (masked LoRA rows and columns, untrained biases and layers) get g = m = 0 and an update
+    # 0 / (√v̂ + eps) = 0 whatever v is; v = 1 there keeps the square root away from zeros, its slow path on CPUs
+    frozen = [(P.lm.transpose(-1, -2) == 0).expand(SC, L, r, D), (P.lm == 0).expand(SC, L, D, r),
+              (P.bm == 0).expand(SC, L, D)] + ([(P.fm == 0).expand(SC, L, D, D)] if P.any_full else [])
+    v.masked_fill_(torch.cat([f.transpose(0, 1).reshape(-1) for f in frozen]), 1.0)  # pragma: no mutate
+    lr_flat = torch.cat([P.lr.repeat_interleave(size // (L * SC)).repeat(L) for size in sizes])
+    lr_step = torch.empty_like(lr_flat) if lr_factor is not None else lr_flat
+    wd4 = P.wd.view(1, SC, 1, 1)
+    bm = P.bm.transpose(0, 1)                                          # (L, SC, 1)
+    if P.any_full:
+        dF, gdF = views[3], gviews[3]
+        fm = P.fm.transpose(0, 1)                                      # (L, SC, 1, 1)
+    fw = P.fw.transpose(0, 1)[:, :, None].expand(L, S, C, D, D).reshape(L * SC, D, D)
+    fb = P.fb.transpose(0, 1)[:, :, None].expand(L, S, C, D).reshape(L, SC, D)
+    W, b = torch.empty(L, SC, D, D, **kw), torch.empty(L, SC, D, **kw)
+    gW, gbias = torch.empty(L, SC, D, D, **kw), torch.empty(L, SC, D, **kw)
+    H = [torch.empty(SC, n, D, **kw) for _ in range(L)]               # post-activations
+    G, G2 = torch.empty(SC, n, D, **kw), torch.empty(SC, n, D, **kw)
+    scale = 2.0 / n
+    b1, b2, eps = 0.9, 0.999, 1e-8
+
+    def build() -> None:
+        torch.baddbmm(fw, B.view(L * SC, D, r), A.view(L * SC, r, D), out=W.view(L * SC, D, D))
+        if P.any_full:
+            W.add_(dF)
+        torch.add(fb, db, out=b)
+
+    def current() -> tuple[torch.Tensor, torch.Tensor]:
+        build()
+        return (W.transpose(0, 1).reshape(S, C, L, D, D).clone(), b.transpose(0, 1).reshape(S, C, L, D).clone())
+
+    bar = tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else "adam",  # pragma: no mutate
+               disable=not progress, leave=False)  # pragma: no mutate
+    xs = ys = None
+    for t in bar:
+        k = (t - 1) % _DRAW_BLOCK
+        if k == 0:                                         # inputs and targets of the next block of steps
+            blk = min(_DRAW_BLOCK, steps - t + 1)
+            xs = uniform_inputs((blk, S, n, D), P.generator, low=P.low, high=P.high, **kw)
+            ys = _fnn_fast(xs, P.tw, P.tb, relu)                                       # (blk, S, n, D)
+        x, y = xs[k], ys[k]
+        build()
+        # forward: h_l = ReLU(h_{l−1} W_l^T + b_l), one batched product per layer
+        for s in range(S):                                 # the first layer reads the seed's inputs C times
+            i = slice(s * C, (s + 1) * C)
+            torch.bmm(x[s].expand(C, n, D), W[0, i].transpose(1, 2), out=H[0][i])
+        for l in range(L):
+            if l:
+                torch.bmm(H[l - 1], W[l].transpose(1, 2), out=H[l])
+            H[l].add_(b[l].unsqueeze(1))
+            if relu:
+                H[l].clamp_min_(0.0)
+        # backward of Σ_n ‖out − y‖² (the 2/n of the mean goes on the weight gradients)
+        torch.sub(H[L - 1].view(S, C, n, D), y[:, None], out=G.view(S, C, n, D))
+        if relu:
+            torch.ops.aten.threshold_backward.grad_input(G, H[L - 1], 0.0, grad_input=G)
+        for l in range(L - 1, 0, -1):
+            torch.bmm(G.transpose(1, 2), H[l - 1], out=gW[l])
+            torch.sum(G, 1, out=gbias[l])
+            torch.bmm(G, W[l], out=G2)
+            if relu:
+                torch.ops.aten.threshold_backward.grad_input(G2, H[l - 1], 0.0, grad_input=G2)
+            G, G2 = G2, G
+        for s in range(S):
+            i = slice(s * C, (s + 1) * C)
+            torch.bmm(G[i].transpose(1, 2), x[s].expand(C, n, D), out=gW[0, i])
+        torch.sum(G, 1, out=gbias[0])
+        gW.mul_(scale)
+        gbias.mul_(scale)
+        # adapter gradients (coupled weight decay λθ, the gradient of λ/2 ‖θ‖²)
+        gWf = gW.view(L * SC, D, D)
+        torch.bmm(gWf, A.view(L * SC, r, D).transpose(1, 2), out=gB.view(L * SC, D, r))
+        torch.bmm(B.view(L * SC, D, r).transpose(1, 2), gWf, out=gA.view(L * SC, r, D))
+        torch.mul(gbias, bm, out=gdb)
+        if P.any_full:
+            torch.mul(gW, fm, out=gdF)
+        if P.any_wd:
+            gB.addcmul_(B, wd4)
+            gA.addcmul_(A, wd4)
+            if P.any_full:
+                gdF.addcmul_(dF, wd4)
+        # Adam, the formula of batched_adam, on the flat buffer
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        torch.div(v, 1 - b2**t, out=den).sqrt_().add_(eps)
+        torch.div(m, 1 - b1**t, out=num).div_(den)
+        if lr_factor is not None:
+            torch.mul(lr_flat, lr_factor(t - 1), out=lr_step)
+        theta.sub_(num.mul_(lr_step))
+        if t % _FINITE_EVERY == 0 or t == steps:  # pragma: no mutate
+            if not torch.isfinite(theta).all():
+                raise FloatingPointError(f"non-finite loss or parameters by step {t - 1} (lower the learning rate)")
+        if on_step is not None:
+            on_step(t, current)
+    build()
+    return W.transpose(0, 1).reshape(S, C, L, D, D).detach(), b.transpose(0, 1).reshape(S, C, L, D).detach()
+
+
 def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
                        target_b: torch.Tensor, configs: Sequence[dict], *, steps: int, batch: int,
                        generator: torch.Generator, relu: bool = True, low: float = -1.0, high: float = 1.0,
@@ -565,6 +713,11 @@ def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w:
     adapter weights (not the biases). LoRA starts at ``A`` Gaussian (std ``1/√D``), ``B = 0``. Fresh inputs,
     uniform on ``[low, high]^D``, are drawn at every step (one batch per seed, shared by its configs).
 
+    The gradients are computed by a hand-written backward pass (one batched matrix product per layer and
+    direction over all runs, buffers allocated once) and Adam is the update of
+    :func:`lorabook.train.batched_adam`: the same iterates as autograd with ``batched_adam``, up to float rounding.
+    A run whose loss overflows raises ``FloatingPointError`` (lower its learning rate).
+
     Parameters
     ----------
     frozen_w (S, L, D, D), frozen_b (S, L, D) : one frozen model per seed.
@@ -576,13 +729,10 @@ def train_fnn_adapters(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w:
     -------
     ``(weights (S, C, L, D, D), biases (S, C, L, D))``: the adapted models, detached.
     """
-    params, loss_fn, model, lr, (S, C, L, D) = _fnn_problem(
-        frozen_w, frozen_b, target_w, target_b, configs, batch=batch, generator=generator, relu=relu, low=low,
-        high=high, dtype=dtype, device=device)
-    batched_adam(params, loss_fn, steps, lr, progress=progress)
-    with torch.no_grad():
-        W, b, _ = model()
-    return W.reshape(S, C, L, D, D).detach(), b.reshape(S, C, L, D).detach()
+    check_positive_int(steps, "steps")
+    P = _fnn_setup(frozen_w, frozen_b, target_w, target_b, configs, batch=batch, generator=generator, relu=relu,
+                   low=low, high=high, dtype=dtype, device=device)
+    return _fnn_adam(P, steps, progress=progress)
 
 
 def fnn_training_curve(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
@@ -610,9 +760,8 @@ def fnn_training_curve(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w:
     if not isinstance(x_test, torch.Tensor) or x_test.dim() != 3 or x_test.shape[0] != frozen_w.shape[0] \
             or x_test.shape[2] != frozen_w.shape[-1]:
         raise ValueError("x_test must be (S, n, D) with S and D those of frozen_w")
-    params, loss_fn, model, lr, (S, C, L, D) = _fnn_problem(
-        frozen_w, frozen_b, target_w, target_b, configs, batch=batch, generator=generator, relu=relu, low=-1.0,
-        high=1.0, dtype=dtype, device=device)
+    P = _fnn_setup(frozen_w, frozen_b, target_w, target_b, configs, batch=batch, generator=generator, relu=relu,
+                   low=-1.0, high=1.0, dtype=dtype, device=device)
     at = sorted({int(round(10 ** (math.log10(steps) * i / max(1, n_records - 1)))) for i in range(n_records)})
     at[-1] = steps
     xt = x_test.to(dtype=dtype, device=device)
@@ -624,32 +773,17 @@ def fnn_training_curve(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w:
             return 0.5 * (1.0 + math.cos(math.pi * t / steps))
         return 10.0 ** (-3.0 * t / steps) if schedule == "exp" else 1.0
 
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    m = [torch.zeros_like(p) for p in params]
-    v = [torch.zeros_like(p) for p in params]
-    for p in params:
-        p.requires_grad_(True)
     records = []
-    for t in tqdm(range(1, steps + 1), desc=progress if isinstance(progress, str) else "curve",  # pragma: no mutate
-                  disable=not progress, leave=False):  # pragma: no mutate
-        losses = loss_fn(t - 1)
-        if not torch.isfinite(losses).all():
-            raise FloatingPointError(f"non-finite loss at step {t - 1}")
-        grads = torch.autograd.grad(losses.sum(), params)
-        with torch.no_grad():
-            rate = lr * factor(t - 1)
-            for p, g, mi, vi in zip(params, grads, m, v):
-                shape = (p.shape[0],) + (1,) * (p.dim() - 1)
-                mi.mul_(b1).add_(g, alpha=1 - b1)
-                vi.mul_(b2).addcmul_(g, g, value=1 - b2)
-                p.sub_(rate.view(shape) * (mi / (1 - b1**t)) / ((vi / (1 - b2**t)).sqrt() + eps))
-            if t in at:
-                W, b, _ = model()
-                out = fnn_forward(xt[:, None], W, b, relu=relu)
-                records.append((out - yt).square().sum(-1).mean(-1))
-    with torch.no_grad():
-        W, b, _ = model()
-    return torch.tensor(at), torch.stack(records).cpu(), W.detach().cpu(), b.detach().cpu()
+
+    def record(t: int, current) -> None:
+        if t in at:
+            W, b = current()
+            out = fnn_forward(xt[:, None], W, b, relu=relu)
+            records.append((out - yt).square().sum(-1).mean(-1))
+
+    W, b = _fnn_adam(P, steps, lr_factor=factor, on_step=record,
+                     progress=progress if isinstance(progress, str) else progress and "curve")
+    return torch.tensor(at), torch.stack(records).cpu(), W.cpu(), b.cpu()
 
 
 def dead_output_share(weights: torch.Tensor, biases: torch.Tensor, target_w: torch.Tensor,
@@ -720,15 +854,35 @@ def adapter_mse(weights: torch.Tensor, biases: torch.Tensor, target_w: torch.Ten
     """
     if weights.dim() != 5 or biases.dim() != 4 or x.dim() != 3 or x.shape[0] != weights.shape[0]:
         raise ValueError("need weights (S, C, L, D, D), biases (S, C, L, D) and x (S, n, D)")
+    S, C, L, D = weights.shape[:4]
+    n = x.shape[1]
+    if weights.shape[-2:] != (D, D) or biases.shape != (S, C, L, D) or x.shape[2] != D:
+        raise ValueError(f"need weights (S, C, L, D, D), biases (S, C, L, D) and x (S, n, D); got "
+                         f"{tuple(weights.shape)}, {tuple(biases.shape)} and {tuple(x.shape)}")
     kw = dict(dtype=weights.dtype, device=weights.device)
     x = x.to(**kw)
+    out = torch.empty(S, C, **kw)
     with torch.no_grad():
-        y = fnn_forward(x, target_w.to(**kw), target_b.to(**kw), relu=relu)[:, None]
-        chunks = []
-        for c in range(0, weights.shape[1], 32):                 # bounded memory for large grids
-            out = fnn_forward(x[:, None], weights[:, c:c + 32], biases[:, c:c + 32], relu=relu)
-            chunks.append((out - y).square().sum(-1).mean(-1))
-    return torch.cat(chunks, 1)
+        y = fnn_forward(x, target_w.to(**kw), target_b.to(**kw), relu=relu)        # (S, n, D)
+        k = max(1, min(C, 2**15 // n))  # pragma: no mutate  (configs per chunk: activations of a few MB)
+        h, d = torch.empty(k, n, D, **kw), torch.empty(k, n, D, **kw)
+        for s in range(S):
+            for c in range(0, C, k):                        # each config's forward pass as in fnn_forward
+                j = min(k, C - c)
+                hj, dj = h[:j], d[:j]
+                torch.bmm(x[s].expand(j, n, D), weights[s, c:c + j, 0].transpose(1, 2), out=hj)
+                for l in range(L):
+                    if l:
+                        torch.bmm(hj, weights[s, c:c + j, l].transpose(1, 2), out=dj)
+                        hj.copy_(dj)
+                    hj.add_(biases[s, c:c + j, l].unsqueeze(1))
+                    if relu:
+                        hj.clamp_min_(0.0)
+                torch.sub(hj, y[s], out=dj)
+                out[s, c:c + j] = dj.square_().sum(-1).mean(-1)
+    if not torch.isfinite(out).all():
+        raise ValueError("adapter_mse produced NaN or infinite values (check the inputs and weights)")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@
 # $N = 32$ set is a subset of the $N = 128$ one), a balanced dev set of 32 and a disjoint test set drawn from the
 # rest (so with the corpus' 58 % fresh: we report **balanced accuracy** and the test loss). On the linearised
 # objective $\hat L(\delta) + \lambda\sum_p\norm{\delta_p}_*$, full fine-tuning runs down a path
-# $\lambda = 0.7, 0.5, 0.3, 0.2\,\lambda_\text{max}$ (15 steps each at `default`) (FISTA, warm starts), and **$\lambda$ and the step
+# $\lambda = 0.7, 0.5, 0.3, 0.2\,\lambda_\text{max}$ (10 steps each at `default`) (FISTA, warm starts), and **$\lambda$ and the step
 # budget are selected by the dev loss** ({py:func}`lorabook.ntk.dev_selected_path`); the test set is touched once,
 # by the selected model.
 
@@ -49,9 +49,9 @@ print(lb.describe())
 LAYER, DT, CLASSES = 5, torch.float32, ("rotten", "fresh")  # label 1 = fresh = positive logit
 SEEDS = scale.pick(quick=2, default=5, paper=10)
 N_LIST = scale.pick(quick=(32,), default=(32, 128), paper=(32, 128))
-N_DEV, n_test = 16, scale.pick(quick=40, default=150, paper=1_000)
+N_DEV, n_test = 16, scale.pick(quick=30, default=150, paper=1_000)
 FRACS = scale.pick(quick=(0.5, 0.2), default=(0.7, 0.5, 0.3, 0.2), paper=(0.7, 0.5, 0.3, 0.2, 0.1))
-PATH_STEPS, EVERY = scale.pick(quick=4, default=15, paper=200), scale.pick(quick=2, default=5, paper=5)
+PATH_STEPS, EVERY = scale.pick(quick=4, default=10, paper=200), scale.pick(quick=2, default=5, paper=5)
 head = ntk.MiniLMHead(LAYER)
 
 
@@ -135,11 +135,27 @@ for N in N_LIST:
     print(f"         selected λ/λ_max {[r[N]['frac'] for r in runs]}, steps {[r[N]['step'] for r in runs]}")
 
 # %% [markdown]
+# **What this measures.** PROTOCOL_PROSE
+
+# %% tags=["nbval-check-output"]
+# the target (fine-tuning beats zero-shot on held-out data) is not reached for K = 1: what holds is that the
+# dev-selected model stays close to zero-shot; the limit is the size of a change a reader would call a gain
+MOVE = 0.05
+for N in N_LIST:
+    d_acc = res[N]["ft"][:, 0] - res[N]["zs"][:, 0]
+    lb.claim(
+        f"K = 1, N = {N}: dev-selected linearised fine-tuning moves held-out balanced accuracy by less "
+        "than the limit (|mean paired difference over seeds|)",
+        abs(float(d_acc.mean())), "<", MOVE, kind="sanity",
+        mean_difference=float(d_acc.mean()), sd=float(d_acc.std(ddof=1)), seeds=SEEDS,
+    )
+
+# %% [markdown]
 # ## LoRA by plain gradient descent, and the rank threshold
 #
 # On the first seed's $N = 32$ problem, at its dev-selected $\lambda$, we now train LoRA of ranks
 # $r \in \{1, 2, 4, 8, 16\}$ with weight decay $\lambda$ by the paper's **plain full-batch gradient descent**
-# ({py:func}`lorabook.ntk.lora_gd`, step $5/L$ with $L$ the Lipschitz constant of $\nabla\hat L$), $B = 0$ and $A$
+# ({py:func}`lorabook.ntk.lora_gd`, step $3/L$ with $L$ the Lipschitz constant of $\nabla\hat L$), $B = 0$ and $A$
 # Gaussian with two scales: ours, std $n^{-1/2}$, and the authors', std $1/(\sqrt r\, n)$ ($n = 384$). The optimum
 # $F^\star$ of full fine-tuning is certified by FISTA warm-started at the best LoRA point (its duality gap bounds
 # the distance to the optimum). The threshold of {prf:ref}`thm-ntk-no-spurious` is `rank_threshold(1, 32)` $= 8$.
@@ -152,9 +168,9 @@ y32 = r0["y"]["train"][idx32]
 f0, G = ntk.apply_by_length(jacobian, hid32)
 base = ntk.LinearisedProblem(G, f0, y32, 0.0, "logistic")
 prob = ntk.LinearisedProblem(G, f0, y32, r0[32]["frac"] * base.lambda_max(), "logistic")
-RANKS, N_IN = [1, 2, 4, 8, 16], prob.shape[2]
-GD_STEPS, REC = scale.pick(quick=60, default=400, paper=3_000), 5
-LR = 5 / prob.lipschitz()
+RANKS, N_IN = scale.pick(quick=[1, 8], default=[1, 2, 4, 8, 16], paper=[1, 2, 4, 8, 16]), prob.shape[2]
+GD_STEPS, REC = scale.pick(quick=150, default=400, paper=3_000), 5
+LR = 3 / prob.lipschitz()
 gen, _ = lb.seed_everything(5)
 inits = {}
 B0, A0, rk = ntk.lora_init(prob.shape, RANKS, 1, init_std=N_IN**-0.5, zero_B=True, generator=gen, dtype=DT)
@@ -167,7 +183,7 @@ gd = {
 }
 best = min(((k, i) for k in gd for i in range(len(RANKS))), key=lambda t: gd[t[0]].objective[t[1]])
 cert = ntk.proximal_gradient(
-    prob, scale.pick(quick=5, default=40, paper=300), lr=32 / prob.lipschitz(), backtrack=True,
+    prob, scale.pick(quick=20, default=40, paper=300), lr=32 / prob.lipschitz(), backtrack=True,
     delta0=gd[best[0]].delta[best[1]], progress="certificate (warm FISTA)",
 )
 F_star = cert.cert.primal
@@ -179,7 +195,6 @@ lin_ranks = {k: [lb.numerical_rank(d, rtol=1e-4) for d in cert.delta] for k in (
 Gv = G[:, 0, 1].reshape(len(G), N_IN, N_IN)
 ev = torch.linalg.eigvalsh(torch.einsum("iab,icb->ac", Gv, Gv)).flip(0)
 left_share = float(ev[0] / ev.sum())
-path_ranks = max(max(max(rr) for rr in r[N]["ranks"]) for r in runs for N in N_LIST)
 
 # %%
 fig, ax = plotting.subplots(2, width=5.0)
@@ -212,11 +227,43 @@ fig.tight_layout()
 # %% tags=["nbval-ignore-output"]
 print(f"λ = {r0[32]['frac']} λ_max; certified F* = {F_star:.5f}, relative duality gap "
       f"{cert.cert.rel_gap:.1e}; ranks of the optimum {lin_ranks['δ_Q, δ_V']}")
-print(f"largest optimum rank over every path point (all seeds, N = {N_LIST}): {path_ranks}")
 print(f"share of the top left direction of Σ G_V G_Vᵀ: {left_share:.3f}")
 for k in gd:
     print(f"init {k}: steps to reach F*(1 + {REACH:g}) per rank {dict(zip(RANKS, reach[k]))}; "
           f"final relative gaps {np.array2string(end_gap[k], precision=1)}")
+
+# %% tags=["nbval-check-output"]
+# tolerances: the certificate reaches a relative duality gap ~1e-4 at default (warm FISTA, float32); GD of
+# GD_STEPS steps reaches ~1e-4 relative to F* at default; at quick (150 steps, ranks 1 and 8) GD is still on
+# its way (gaps 0.4-0.9), so the quick limit only guards against divergence: the test is the default one
+END_TOL = scale.pick(quick=2.0, default=1e-3, paper=1e-4)
+above = [i for i, r in enumerate(RANKS) if r >= ntk.rank_threshold(1, 32)]
+lb.claim(
+    "the full fine-tuning optimum is certified (relative duality gap)",
+    cert.cert.rel_gap, "<=", scale.pick(quick=0.1, default=1e-3, paper=1e-5), kind="sanity",
+)
+lb.claim(
+    "no LoRA objective is below the certified dual bound (smallest (F - dual)/|dual|)",
+    min(float(((v.objective - cert.cert.dual) / abs(cert.cert.dual)).min()) for v in gd.values()),
+    ">=", -1e-5, kind="sanity",
+)
+lb.claim(
+    "LoRA ranks at or above the threshold (r(r+1)/2 > KN) reach the certified optimum by gradient "
+    "descent, both initialisations (largest final relative gap)",
+    max(float(end_gap[k][above].max()) for k in gd), "<=", END_TOL,
+    kind="theorem", label="Jang et al., Theorem 4.1 (real model)",
+    control=("test_controls_ch2b.py::test_theorem41_real_model_check_fails_below_threshold",
+             "test_controls_ch2b.py::test_theorem41_real_model_check_passes_above_threshold"),
+)
+lb.claim(
+    "rank 1, below the threshold, reaches the certified optimum too on this model (largest final "
+    "relative gap): the threshold is not tested here",
+    max(float(end_gap[k][0]) for k in gd), "<=", END_TOL, kind="sanity",
+)
+lb.claim(
+    "the value-weight gradients share one left direction (its share of the sum of G_V G_V^T)",
+    left_share, ">=", 0.5, kind="sanity",
+)
 
 # %% [markdown]
 # **The NTK assumption.** Real (non-linearised) LoRA of rank 8, trained exactly like its linearised twin (same
@@ -225,7 +272,7 @@ for k in gd:
 
 # %%
 j8 = RANKS.index(8)
-REAL_STEPS = scale.pick(quick=8, default=60, paper=400)
+REAL_STEPS = scale.pick(quick=6, default=40, paper=400)
 T32 = int(hid32[1].sum(1).max())  # trim the padding: exact for the masked layer
 real_delta, _ = ntk.train_actual_lora(
     head, ntk.QV_NAMES, (hid32[0][:, :T32], hid32[1][:, :T32]), y32, 8, REAL_STEPS, LR, prob.lam,
@@ -251,21 +298,31 @@ for k, (b, l) in twin_metrics.items():
 print(f"real vs linearised LoRA r=8 after {REAL_STEPS} GD steps: same label on {agree:.1%} of "
       f"{len(y_te)} test snippets; largest logit difference / largest fine-tuning change {logit_dev:.2f}")
 
+# %% tags=["nbval-check-output"]
+lb.claim(
+    "real and linearised LoRA (rank 8, same training) predict the same held-out labels (fraction)",
+    agree, ">=", 0.95, kind="sanity",
+)
+lb.claim(
+    "real minus linearised logits, relative to the fine-tuning change of the logits (largest ratio)",
+    logit_dev, "<=", 0.1, kind="sanity",
+)
+
 # %% [markdown]
 # ## Three classes: fresh, rotten and plot
 #
 # The corpus has a third category, plot summaries. With the three-phrase head
 # ($\cos(e, d_k)/0.05$ for "a great movie", "a terrible movie", "the plot of a movie"; $K = 3$, softmax
-# cross-entropy) and 16 snippets per class ($N = 48$, $KN = 144$, threshold `rank_threshold(3, 48)` $= 17$) we run
-# the same dev-selected protocol on the first seed, and read off the rank of the optimum.
+# cross-entropy) and 16 snippets per class at `default` ($N = 48$, $KN = 144$, threshold `rank_threshold(3, 48)`
+# $= 17$) we run the same dev-selected protocol on the first seed, and read off the rank of the optimum.
 
 # %%
-CLASSES3 = ("rotten", "fresh", "plot")
+CLASSES3, N3 = ("rotten", "fresh", "plot"), scale.pick(quick=24, default=48, paper=48)
 head3 = ntk.MiniLMHead(LAYER, classes=CLASSES3)
 
 
 def run_three(cfg):
-    sp = data.rotten_tomatoes_splits(CLASSES3, n_train_per_class=16, n_dev_per_class=cfg["n_dev"],
+    sp = data.rotten_tomatoes_splits(CLASSES3, n_train_per_class=cfg["n"], n_dev_per_class=cfg["n_dev"],
                                      n_test=cfg["n_test"], seed=cfg["seed"])
     hid = {s: ntk.embed_texts(sp[f"{s}_texts"], LAYER) for s in ("train", "dev", "test")}
 
@@ -292,15 +349,30 @@ def run_three(cfg):
 
 (three,) = cached_sweep(
     "ntk_minilm_three",
-    [{"seed": 0, "n_test": n_test, "n_dev": scale.pick(quick=4, default=16, paper=16), "fracs": FRACS,
+    [{"seed": 0, "n_test": n_test, "n": N3 // 3, "n_dev": scale.pick(quick=4, default=16, paper=16),
+      "fracs": FRACS,
       "steps": PATH_STEPS, "every": EVERY, "v": 1}],
     run_three,
 )
 rank3 = max(max(rr) for rr in three["ranks"])
 
 # %% tags=["nbval-ignore-output"]
-print(f"K = 3, N = 48: selected λ = {three['frac']} λ_max after {three['step']} steps; "
+print(f"K = 3, N = {N3}: selected λ = {three['frac']} λ_max after {three['step']} steps; "
       f"optimum ranks (δ_Q, δ_V) along the path {three['ranks']}, relative gaps "
       f"{np.array2string(np.array(three['gaps']), precision=1)}")
 for k, name in (("zs", "zero-shot"), ("ft", "fine-tuned")):
     print(f"{name:>10s}: balanced accuracy {three[k][0]:.3f}, test cross-entropy {three[k][1]:.3f}")
+
+# %% [markdown]
+# THREE_PROSE
+
+# %% tags=["nbval-check-output"]
+lb.claim(
+    "K = 3: dev-selected linearised fine-tuning raises held-out balanced accuracy above the zero-shot "
+    "head (difference, first seed)",
+    three["ft"][0] - three["zs"][0], ">", 0.05, kind="sanity",
+)
+lb.claim(
+    "K = 3: dev-selected linearised fine-tuning lowers the held-out cross-entropy (difference, first seed)",
+    three["ft"][1] - three["zs"][1], "<", 0, kind="sanity",
+)

@@ -247,7 +247,7 @@ fig.tight_layout()
 # initialisation all ranks first sit on the plateau around the saddle $B = A = 0$ and leave it at about the same
 # step; in our `default` run rank 1 is the slowest to reach $F^\star(1 + 10^{-3})$ (345 steps, against 295–315 for
 # ranks 2–16): a weak form of the paper's observation that lower ranks converge more slowly. With our larger
-# initialisation the order reverses — ranks 1 and 2 arrive first (about 360 steps), ranks 4–16 later — because
+# initialisation the order reverses — 360, 365, 405, 445 and 490 steps for ranks 1, 2, 4, 8, 16 — because
 # the initial weight-decay term $\tfrac\lambda2\norm{A}_F^2$ grows with $r$ and gradient descent first has to
 # shrink it. Speed against rank thus depends on the initialisation scale (steps printed below).
 #
@@ -270,10 +270,10 @@ for k in gd:
 
 # %% tags=["nbval-check-output"]
 # tolerances: the certificate reaches a relative duality gap ~2e-5 at default (warm FISTA,
-# float32); GD of GD_STEPS steps reaches ~1e-4 relative to F* at default; at quick (150
+# float32); GD of GD_STEPS steps reaches <= 2e-4 relative to F* at default; at quick (150
 # steps, ranks 1 and 8) GD is still on its way (gaps 0.4-0.9), so the quick limit only
 # guards against divergence: the test is the default one
-END_TOL = scale.pick(quick=2.0, default=1e-3, paper=1e-4)
+END_TOL = scale.pick(quick=2.0, default=5e-4, paper=1e-4)
 above = [i for i, r in enumerate(RANKS) if r >= ntk.rank_threshold(1, 32)]
 lb.claim(
     "the full fine-tuning optimum is certified (relative duality gap)",
@@ -413,7 +413,7 @@ for k, name in (("zs", "zero-shot"), ("ft", "fine-tuned")):
 # %% [markdown]
 # *What to see:* with three classes the zero-shot head is poor (the plot phrase competes with both review
 # phrases), and dev-selected linearised fine-tuning improves it markedly on held-out data: in our `default` run
-# balanced accuracy 0.43 → 0.60 and cross-entropy 1.51 → 0.99 (one seed; the claims below hold it). The optimum
+# balanced accuracy 0.43 → 0.56 and cross-entropy 1.51 → 1.01 (one seed; the claims below hold it). The optimum
 # still has rank 1 for the value weight and 0 for the query along the whole path, far below the threshold 17: the
 # three class directions again leave the gradients one dominant left direction, so $r(r+1)/2 > KN$ is not
 # tested by this run either.

@@ -850,14 +850,16 @@ QV_NAMES = ("layer.attention.self.query.weight", "layer.attention.self.value.wei
 
 
 class MiniLMHead(nn.Module):
-    """MiniLM's encoder layer ``layer_index`` (a copy) + mean pooling + the zero-shot logit.
+    """MiniLM's encoder layer ``layer_index`` (a copy) + mean pooling + the zero-shot logit(s).
 
-    ``forward(hidden (B, T, 384), mask (B, T)) -> (B,)``: the prompt-style logit
-    ``(cos(e, "a great movie") − cos(e, "a terrible movie")) / temperature`` of :mod:`lorabook.data`.
+    ``forward(hidden (B, T, 384), mask (B, T))``: with ``classes=None`` the binary prompt-style logit
+    ``(cos(e, "a great movie") − cos(e, "a terrible movie")) / temperature`` of :mod:`lorabook.data`, shape
+    ``(B,)`` (positive = fresh); with ``classes`` (two or three names of :data:`lorabook.data.CLASS_PHRASES`) the
+    K-class logits ``cos(e, d_k) / temperature``, shape ``(B, K)``.
     ``hidden`` are the token states entering the layer (:func:`lorabook.data.hidden_before_layer`).
     """
 
-    def __init__(self, layer_index: int = 5, temperature: float = 0.05):
+    def __init__(self, layer_index: int = 5, temperature: float = 0.05, classes: Sequence[str] | None = None):
         super().__init__()
         import copy
 
@@ -876,7 +878,9 @@ class MiniLMHead(nn.Module):
             cfg = getattr(mod, "config", None)
             if cfg is not None and hasattr(cfg, "_attn_implementation"):
                 cfg._attn_implementation = "eager"
-        self.register_buffer("directions", data.label_directions())
+        self.classes = None if classes is None else tuple(classes)
+        self.register_buffer("directions", data.label_directions() if classes is None
+                             else data.class_directions(self.classes))
         self.temperature = temperature
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -884,7 +888,10 @@ class MiniLMHead(nn.Module):
 
         out = self.layer(hidden, attention_mask=data.attention_bias(mask, hidden.dtype))
         out = out[0] if isinstance(out, tuple) else out
-        return data.zero_shot_logit(data.mean_pool(out, mask), self.directions, self.temperature)
+        pooled = data.mean_pool(out, mask)
+        if self.classes is not None:
+            return data.zero_shot_logits(pooled, self.directions, self.temperature)
+        return data.zero_shot_logit(pooled, self.directions, self.temperature)
 
 
 def train_actual_lora(module: nn.Module, names: Sequence[str], inputs, labels: torch.Tensor, rank: int, steps: int,
@@ -1232,3 +1239,156 @@ def ce_excess_risk(G: torch.Tensor, f0: torch.Tensor, delta: torch.Tensor, delta
         kl.append((lt.exp() * (lt - torch.log_softmax(z, -1))).sum(-1))
     kl = torch.cat(kl)
     return float(kl.mean()), float(kl.std() / math.sqrt(M))
+
+
+# --- real model: protocol and data splits ---
+def embed_texts(texts: Sequence[str], layer: int, *, max_length: int = 64, batch_size: int = 64,
+                progress: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states entering MiniLM's layer ``layer``, as :func:`lorabook.data.hidden_before_layer`, but faster.
+
+    The texts are sorted by token length and run in batches padded only to their own longest text; the results
+    are put back in the input order and padded to ``max_length`` (padding positions carry mask 0 and values that
+    differ from full padding, which no masked consumer — attention bias, mean pooling — reads).
+
+    Returns
+    -------
+    ``(hidden, mask)``: ``(n, max_length, 384)`` float32 and ``(n, max_length)`` 0/1.
+    """
+    from . import data
+
+    if isinstance(texts, str) or not len(texts) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a non-empty sequence of strings")
+    check_positive_int(max_length, "max_length")
+    check_positive_int(batch_size, "batch_size")
+    tok = data.load_minilm()[0]
+    lengths = [len(ids) for ids in tok(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    hidden, mask = None, None
+    batches = range(0, len(texts), batch_size)
+    for i in tqdm(batches, desc=progress if isinstance(progress, str) else "MiniLM", disable=not progress,
+                  leave=False):
+        idx = order[i:i + batch_size]
+        h, m = data.hidden_before_layer([texts[j] for j in idx], layer, max_length=max(lengths[j] for j in idx),
+                                        batch_size=batch_size)
+        if hidden is None:
+            hidden = h.new_zeros(len(texts), max_length, h.shape[-1])
+            mask = m.new_zeros(len(texts), max_length)
+        hidden[idx, :h.shape[1]] = h
+        mask[idx, :m.shape[1]] = m
+    return hidden, mask
+
+
+@dataclass
+class DevPath:
+    """Result of :func:`dev_selected_path`.
+
+    ``fracs`` ``(F,)`` the λ / λ_max path; ``steps`` ``(C,)`` the step counts at which the dev set was scored
+    (per λ, counted from its warm start); ``dev_loss`` and ``dev_bacc`` ``(F, C)``; ``best`` ``(i, j)`` the
+    selected (λ, step) index (smallest dev loss); ``delta`` ``(P, m, n)`` the selected update; ``ends`` ``(F, P, m, n)``
+    the update at the end of each λ; ``rel_gap`` ``(F,)`` their relative duality gaps; ``lam_max``.
+    """
+
+    fracs: list
+    steps: list
+    dev_loss: torch.Tensor
+    dev_bacc: torch.Tensor
+    best: tuple
+    delta: torch.Tensor
+    ends: torch.Tensor
+    rel_gap: list
+    lam_max: float
+
+
+def dev_selected_path(G: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, dev: LinearisedProblem,
+                      fracs: Sequence[float], steps: int, *, every: int = 5, loss: str = "logistic",
+                      progress: bool | str = False) -> DevPath:
+    """Linearised full fine-tuning along a path of λ, with λ and the step budget selected on a dev set.
+
+    For each ``λ = frac · λ_max`` (``fracs`` decreasing in (0, 1]), FISTA with backtracking
+    (:func:`proximal_gradient`) runs ``steps`` steps warm-started at the previous λ's end point; every ``every``
+    steps the iterate is scored on ``dev`` (a :class:`LinearisedProblem` of the same ``δ`` shape whose ``G``,
+    ``f0`` and ``y`` are the dev set's; its ``lam`` is ignored). The selected point has the smallest dev loss
+    (step 0 of the first λ, the zero-shot model, is not a candidate).
+
+    Parameters
+    ----------
+    G, f0, y : training data of :class:`LinearisedProblem`: ``(N, K, P, m, n)``, ``(N, K)``, labels.
+    fracs : λ / λ_max values, each in (0, 1], strictly decreasing.
+    steps : FISTA steps per λ (a multiple of ``every``).
+    """
+    from .data import balanced_accuracy
+
+    check_positive_int(steps, "steps")
+    check_positive_int(every, "every")
+    if steps % every:
+        raise ValueError(f"steps={steps} must be a multiple of every={every}")
+    fracs = [float(f) for f in fracs]
+    if not fracs or any(not 0 < f <= 1 for f in fracs) or any(a <= b for a, b in zip(fracs, fracs[1:])):
+        raise ValueError(f"fracs must be a non-empty strictly decreasing sequence in (0, 1], got {fracs}")
+    if not isinstance(dev, LinearisedProblem) or dev.shape != tuple(G.shape[-3:]) or dev.loss != loss:
+        raise ValueError("dev must be a LinearisedProblem with the same delta shape and loss as the training data")
+    lam_max = LinearisedProblem(G, f0, y, 0.0, loss).lambda_max()
+    labels = dev.y[:, 0] if dev.K == 1 else dev.y.argmax(1)
+
+    def score(delta):
+        out = dev.outputs(delta)
+        return float(dev.data_loss(delta)), balanced_accuracy(out[:, 0] if dev.K == 1 else out, labels)
+
+    checks = list(range(every, steps + 1, every))
+    dl = torch.empty(len(fracs), len(checks), dtype=torch.float64)
+    db = torch.empty_like(dl)
+    delta, ends, gaps, best, best_delta = None, [], [], (0, 0), None
+    bar = tqdm(total=len(fracs) * len(checks), desc=progress if isinstance(progress, str) else "λ path",
+               disable=not progress, leave=False)
+    for i, frac in enumerate(fracs):
+        prob = LinearisedProblem(G, f0, y, frac * lam_max, loss)
+        for j in range(len(checks)):
+            res = proximal_gradient(prob, every, lr=32 / prob.lipschitz(), backtrack=True, delta0=delta)
+            delta = res.delta
+            dl[i, j], db[i, j] = score(delta)
+            if best_delta is None or dl[i, j] < dl[best]:
+                best, best_delta = (i, j), delta.clone()
+            bar.update()
+        ends.append(delta.clone())
+        gaps.append(res.cert.rel_gap)
+    bar.close()
+    return DevPath(fracs, checks, dl, db, best, best_delta, torch.stack(ends), gaps, lam_max)
+
+
+def steps_to_reach(history: torch.Tensor, target: float, record_every: int) -> list[int | None]:
+    """First recorded step at which each column of ``history`` ``(n_records, S)`` is ``≤ target``; ``None`` if
+    never. Records are ``record_every`` steps apart, starting at step 0."""
+    check_positive_int(record_every, "record_every")
+    if not isinstance(history, torch.Tensor) or history.dim() != 2 or not math.isfinite(target):
+        raise ValueError("history must be a (n_records, S) tensor and target a finite number")
+    hit = history <= target
+    return [int(hit[:, s].nonzero()[0, 0]) * record_every if hit[:, s].any() else None
+            for s in range(history.shape[1])]
+
+
+def apply_by_length(fn, inputs: tuple[torch.Tensor, torch.Tensor], batch_size: int = 64):
+    """``fn`` applied to length-sorted batches of padded token states, trimmed to each batch's longest text.
+
+    ``inputs = (hidden (n, T, H), mask (n, T))``; ``fn((hidden_b, mask_b))`` must return a tensor, or a tuple of
+    tensors, with leading dimension the batch's size, computed independently per example (e.g.
+    :func:`per_example_jacobian`, :func:`linearised_predict`, :func:`predict_with_delta` of a masked module).
+    The results are concatenated back in the input order. Exact for masked consumers, and cheaper, since short
+    texts no longer pay for the padding of long ones.
+    """
+    check_positive_int(batch_size, "batch_size")
+    if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
+        raise ValueError("inputs must be a pair (hidden (n, T, H), mask (n, T))")
+    hidden, mask = inputs
+    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
+        raise ValueError(f"need hidden (n, T, H) and mask (n, T); got {tuple(hidden.shape)} and {tuple(mask.shape)}")
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, stable=True)
+    outs = []
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        T = max(int(lengths[idx].max()), 1)
+        out = fn((hidden[idx, :T], mask[idx, :T]))
+        outs.append(out if isinstance(out, tuple) else (out,))
+    inv = torch.argsort(order)
+    res = tuple(torch.cat(parts)[inv] for parts in zip(*outs))
+    return res if len(res) > 1 else res[0]

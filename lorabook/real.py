@@ -312,15 +312,15 @@ def states_before(texts: Sequence[str], layer: int, *, max_length: int = 64, bat
         raise ValueError(f"layer must be an integer in [0, 6], got {layer!r}")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
-    check = batch_size
-    if isinstance(check, bool) or not isinstance(check, int) or check < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     tok, model = load_minilm()
     texts = list(texts)
     order = np.argsort([len(t) for t in texts], kind="stable")
     enc = tok(texts, truncation=True, max_length=max_length)["input_ids"]
     T = max(len(e) for e in enc)
-    hidden = torch.zeros(len(texts), T, model.config.hidden_size)
+    dtype = model.embeddings.word_embeddings.weight.dtype
+    hidden = torch.zeros(len(texts), T, model.config.hidden_size, dtype=dtype)
     mask = torch.zeros(len(texts), T, dtype=torch.long)
     for i in range(0, len(texts), batch_size):
         idx = order[i:i + batch_size]

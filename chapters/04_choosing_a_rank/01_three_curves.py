@@ -442,7 +442,7 @@ lb.claim("synthetic task: the recommended rank stays below rank_threshold(K, N) 
 from lorabook import real  # noqa: E402
 from lorabook.train import cached_sweep  # noqa: E402
 
-ranks_real = scale.pick(quick=[1, 2, 4], default=[1, 2, 4, 8], paper=[1, 2, 4, 8, 16])
+ranks_real = scale.pick(quick=[1, 2], default=[1, 2, 4, 8], paper=[1, 2, 4, 8, 16])
 seeds_real = list(range(scale.pick(quick=2, default=3, paper=5)))
 N_real = max(Ns)
 real_common = dict(
@@ -452,14 +452,15 @@ real_common = dict(
     batch_size=8, temperature=0.05, max_length=64, layers=[5], n_train_eval=N_real,
     scale=scale.name,
 )
-grid_real = [3e-3, 1e-2]
+grid_real = scale.pick(quick=[1e-2], default=[3e-3, 1e-2], paper=[1e-3, 3e-3, 1e-2])
+G = len(grid_real)
 sel_real = cached_sweep("ch4_real_lr", [dict(real_common, rank=r, lr=v, seed=0)
                                         for r in ranks_real for v in grid_real], real.top_run)
-lr_real = {r: grid_real[int(np.argmax([sel_real[i * 2 + j]["dev"]["bacc"] for j in range(2)]))]
+lr_real = {r: grid_real[int(np.argmax([sel_real[i * G + j]["dev"]["bacc"] for j in range(G)]))]
            for i, r in enumerate(ranks_real)}
 more = iter(cached_sweep("ch4_real", [dict(real_common, rank=r, lr=lr_real[r], seed=s)
                                       for r in ranks_real for s in seeds_real[1:]], real.top_run))
-dev_real = np.array([[sel_real[i * 2 + grid_real.index(lr_real[r])]["dev"]["bacc"] if s == 0
+dev_real = np.array([[sel_real[i * G + grid_real.index(lr_real[r])]["dev"]["bacc"] if s == 0
                       else next(more)["dev"]["bacc"] for s in seeds_real]
                      for i, r in enumerate(ranks_real)])          # (ranks, seeds)
 zero_real = real.top_run(dict(real_common, rank=1, lr=1e-3, seed=0, steps=0))["dev"]["bacc"]
@@ -487,7 +488,14 @@ ax.legend(fontsize=7)
 fig.tight_layout()
 
 # %% [markdown]
-# REAL-PROSE
+# *What we measured* (`default`, $N = 32$, 30 steps of 8, three seeds, 128 dev snippets): dev balanced
+# accuracy 0.706 ± 0.030 at rank 1, then 0.672, 0.680 and 0.669 at ranks 2, 4 and 8 (standard deviations
+# 0.012–0.023), against 0.664 for the zero-shot head. Real LoRA's dev accuracy stops improving at rank 1 —
+# the rank the three curves recommend for this task — and larger ranks bring nothing measurable, far
+# below `rank_threshold(1, 32)` = 8. The dev split has a binomial standard error of about 0.04, so the
+# ranks 1–8 are within noise of each other: the measurement is consistent with the recommendation, and it
+# could not detect a gain of a few points from a higher rank. The check below fails if the plateau rank is
+# more than twice the recommended one.
 
 # %% tags=["nbval-check-output"]
 lb.claim("real LoRA's dev plateau rank is at most the rank the three curves recommend, plus one "

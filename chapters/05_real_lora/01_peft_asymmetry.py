@@ -147,7 +147,23 @@ fig.tight_layout()
 # %% [markdown]
 # ## Fine-tuning against the zero-shot head
 #
-# RESULTS-PROSE
+# The printed tables are the result at the scale this page was built with. What we measured at `default`
+# ($N \in \{64, 1024\}$, 40 steps of 16, three seeds, 200 test snippets; zero-shot test balanced accuracy
+# 0.701 and loss 0.576 on this split):
+#
+# * **The test loss drops at $N = 1024$**: 0.546–0.578 against 0.576 for the zero-shot head (both factors
+#   0.550 ± 0.038, $A$ only 0.546 ± 0.017); at $N = 64$ the adapters overfit (training loss far below the
+#   test loss) and the test loss does not improve.
+# * **Balanced accuracy gains are small against their noise**: at $N = 1024$ between $+0.000$ and $+0.025$
+#   (standard deviations over seeds 0.011–0.036). Twice the steps for the configuration best on dev
+#   ($A$ only, rank 4) reaches 0.745 ± 0.024 (+0.044) on the test split — but the dev split preferred the
+#   shorter budget (0.729 vs 0.716), and a protocol that reads the test split only after choosing on dev
+#   must report the shorter one. The reason is measured below: 128 dev snippets have a binomial standard
+#   error of about 0.044, larger than the differences to be resolved; the binary zero-shot head is a strong
+#   start (0.70), so the gains to resolve are small. On three classes, where the zero-shot head is weak,
+#   fine-tuning beats it by 0.34 ({doc}`04_three_class`).
+# * **Equal rank and equal budget do not separate the modes** on this task: at $N = 1024$ all five
+#   configurations lie within one standard deviation of each other in accuracy.
 #
 # **A longer budget.** The configuration with the best mean dev accuracy at the largest $N$ is trained
 # again with twice the steps (all seeds); the budget — the sweep's or the doubled one — is chosen by the
@@ -204,9 +220,19 @@ if scale.name == "quick":
     )
 else:
     lb.claim(
-        "fine-tuning (configuration and budget chosen on dev, mean over seeds) beats the zero-shot "
-        "head's test balanced accuracy at the largest N by more than two standard errors",
-        gain - 2 * se, ">", 0.0, kind="sanity", best=best, gain=gain, sd=acc_sd,
+        "within our budget, the test balanced accuracy of the configuration and budget chosen on dev "
+        "does not beat the zero-shot head's by more than two standard errors over seeds (no "
+        "significant gain)",
+        gain - 2 * se, "<=", 0.0, kind="sanity", best=best, gain=gain, sd=acc_sd,
+    )
+    n_dev = 2 * common["n_dev"]
+    dev_se = np.sqrt(0.25 / n_dev)  # standard error of an accuracy near 1/2 on the dev split
+    dev_diff = abs(stat_b("long", "dev", "bacc")[0] - stat_b("sweep", "dev", "bacc")[0])
+    lb.claim(
+        "the dev split cannot separate the two budgets: their mean dev balanced accuracies differ by "
+        "less than one binomial standard error of the dev split",
+        dev_diff, "<", dev_se, kind="sanity", dev_se=dev_se,
+        test_long=stat_b("long", "test", "bacc")[0],
     )
     loss_m, _ = stat_b(budget, "test", "loss")
     lb.claim(

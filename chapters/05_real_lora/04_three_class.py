@@ -100,7 +100,25 @@ ax[0].legend(fontsize=7)
 fig.tight_layout()
 
 # %% [markdown]
-# RESULTS-PROSE
+# What we measured at `default` (128 snippets per class, 60 steps of 8, rank 4 on the last layer, three
+# seeds, 300 test snippets with the corpus' class mix; learning rate $3\cdot10^{-3}$ chosen on dev):
+#
+# * **The zero-shot head is weak on three classes**: test balanced accuracy 0.428 (chance is 1/3) and
+#   cross-entropy 1.52. The phrase "the plot of a movie" is a poor prototype of a plot summary; the binary
+#   head, by contrast, is a strong start (about 0.70–0.78, {doc}`01_peft_asymmetry`).
+# * **Fine-tuning beats it by far**: both factors reach 0.770 ± 0.008 (+0.34) and a test loss of
+#   0.603 ± 0.018; $A$ only (frozen random $B$) reaches 0.713 ± 0.013, $B$ only (frozen random $A$)
+#   0.553 ± 0.058.
+# * **The modes separate here**, and not in the order of Zhu et al.'s finding (training $B$ with a
+#   frozen random $A$ nearly as good as training both): with this head, this budget and one layer,
+#   $B$ only is clearly the weakest. Zhu et al.'s comparison is over many layers and longer training;
+#   we did not reach that regime within our budget, so this is a measurement on this task, not a
+#   refutation.
+# * Jang, Lee & Ryu's threshold for a landscape without spurious minima is far above rank 4 here
+#   ($r(r+1)/2 > KN$ needs $r \ge 48$ at $K = 3$, $N = 384$, against 28 for the binary task at the same
+#   $N$), and in the NTK regime only; a rank-4 adapter nonetheless fits well.
+#
+# At `quick` (16 snippets per class, 8 steps, two seeds) the numbers are a pipeline check.
 
 # %% tags=["nbval-check-output"]
 best = max(MODES, key=lambda m: stat(m, "dev", "bacc")[0])  # chosen on the dev split

@@ -67,15 +67,15 @@ common = dict(
     classes=["fresh", "rotten"],
     n_pool=max(Ns) // 2,
     n_dev=scale.pick(quick=16, default=64, paper=200),
-    n_test=scale.pick(quick=64, default=200, paper=2000),
+    n_test=scale.pick(quick=48, default=200, paper=2000),
     split_seed=0,
     targets=["query", "value"],
-    steps=scale.pick(quick=8, default=40, paper=400),
+    steps=scale.pick(quick=4, default=40, paper=400),
     batch_size=16,
     temperature=0.05,
     max_length=64,
     layers=scale.pick(quick=[5], default=[5], paper=[0, 1, 2, 3, 4, 5]),
-    n_train_eval=scale.pick(quick=32, default=64, paper=1024),
+    n_train_eval=scale.pick(quick=16, default=64, paper=1024),
     scale=scale.name,
 )
 grid = scale.pick(quick=[1e-2], default=[3e-3, 1e-2], paper=[1e-3, 3e-3, 1e-2])

@@ -458,8 +458,9 @@ sel_real = cached_sweep("ch4_real_lr", [dict(real_common, rank=r, lr=v, seed=0)
                                         for r in ranks_real for v in grid_real], real.top_run)
 lr_real = {r: grid_real[int(np.argmax([sel_real[i * G + j]["dev"]["bacc"] for j in range(G)]))]
            for i, r in enumerate(ranks_real)}
-more = iter(cached_sweep("ch4_real", [dict(real_common, rank=r, lr=lr_real[r], seed=s)
-                                      for r in ranks_real for s in seeds_real[1:]], real.top_run))
+more_cfgs = [dict(real_common, rank=r, lr=lr_real[r], seed=s)
+             for r in ranks_real for s in seeds_real[1:]]
+more = iter(cached_sweep("ch4_real", more_cfgs, real.top_run))
 dev_real = np.array([[sel_real[i * G + grid_real.index(lr_real[r])]["dev"]["bacc"] if s == 0
                       else next(more)["dev"]["bacc"] for s in seeds_real]
                      for i, r in enumerate(ranks_real)])          # (ranks, seeds)
@@ -467,7 +468,8 @@ zero_real = real.top_run(dict(real_common, rank=1, lr=1e-3, seed=0, steps=0))["d
 mean_r, sd_r = dev_real.mean(1), dev_real.std(1, ddof=1)
 j_best = int(np.argmax(mean_r))
 r_plateau = ranks_real[int(np.flatnonzero(mean_r >= mean_r[j_best] - sd_r[j_best])[0])]
-print(f"N = {N_real}: dev balanced accuracy per rank (mean ± sd over {len(seeds_real)} seeds), "
+print(f"N = {N_real}: dev balanced accuracy per rank "
+      f"(mean ± sd over {len(seeds_real)} seeds), "
       f"zero-shot {zero_real:.3f}")
 for r, mu, sd in zip(ranks_real, mean_r, sd_r):
     print(f"  r = {r:2d} (lr {lr_real[r]:g}): {mu:.3f} ± {sd:.3f}")
@@ -498,6 +500,7 @@ fig.tight_layout()
 # more than twice the recommended one.
 
 # %% tags=["nbval-check-output"]
-lb.claim("real LoRA's dev plateau rank is at most the rank the three curves recommend, plus one "
-         "doubling (plateau rank / recommended rank)", r_plateau / rec[N_real]["r_rec"], "<=", 2,
+lb.claim("real LoRA's dev plateau rank is at most the rank the three curves recommend, "
+         "plus one doubling (plateau rank / recommended rank)",
+         r_plateau / rec[N_real]["r_rec"], "<=", 2,
          kind="sanity", plateau=r_plateau, recommended=rec[N_real]["r_rec"])

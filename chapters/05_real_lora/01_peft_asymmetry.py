@@ -87,7 +87,8 @@ def cfg(mode, rank, **kw):
     return dict(common, mode=mode, rank=rank, **kw)
 
 
-# learning rate per mode on the dev split (rank 4, largest N, seed 0); rank 8 uses its mode's rate
+# learning rate per mode on the dev split (rank 4, largest N, seed 0);
+# rank 8 uses its mode's rate
 sel_cfgs = [cfg(m, 4, n_train=N_big // 2, lr=v, seed=0) for m, _ in EQUAL_RANK for v in grid]
 sel = dict(zip([(c["mode"], c["lr"]) for c in sel_cfgs],
                cached_sweep("ch5_top_lr", sel_cfgs, real.top_run)))
@@ -114,7 +115,8 @@ def stat(N, m, r, split, key):
 
 print(f"{len(seeds)} seeds; {common['steps']} steps of 16; layers {common['layers']}; "
       f"zero-shot test bal. acc. {zero['test']['bacc']:.3f}, loss {zero['test']['loss']:.3f}")
-print("    N config  params | test bal. acc.  | − zero-shot | test loss       | gap (test − train loss)")
+print("    N config  params | test bal. acc.  | − zero-shot | test loss       "
+      "| gap (test − train loss)")
 for N in Ns:
     for m, r in CONFIGS if N in Ns_budget else EQUAL_RANK:
         a, sa = stat(N, m, r, "test", "bacc")
@@ -170,25 +172,27 @@ fig.tight_layout()
 # mean dev balanced accuracy over seeds, and only then is its test accuracy read.
 
 # %%
-best0 = max(CONFIGS, key=lambda c: stat(N_big, *c, "dev", "bacc")[0])  # chosen on the dev split
-long = cached_sweep("ch5_top_long", [cfg(*best0, n_train=N_big // 2, lr=lr[best0[0]], seed=s,
-                                         steps=2 * common["steps"]) for s in seeds], real.top_run)
+best0 = max(CONFIGS, key=lambda c: stat(N_big, *c, "dev", "bacc")[0])  # chosen on dev
+long_cfgs = [cfg(*best0, n_train=N_big // 2, lr=lr[best0[0]], seed=s,
+                 steps=2 * common["steps"]) for s in seeds]
+long = cached_sweep("ch5_top_long", long_cfgs, real.top_run)
 for s, run in zip(seeds, long):
     runs[(N_big, *best0, s, "long")] = run
 
 
 def stat_b(budget, split, key):
-    v = np.array([runs[(N_big, *best0, s) + (("long",) if budget == "long" else ())][split][key]
-                  for s in seeds])
+    tail = ("long",) if budget == "long" else ()
+    v = np.array([runs[(N_big, *best0, s) + tail][split][key] for s in seeds])
     return v.mean(), v.std(ddof=1)
 
 
 budget = max(("sweep", "long"), key=lambda b: stat_b(b, "dev", "bacc")[0])
 for b_ in ("sweep", "long"):
-    print(f"{best0[0]}@{best0[1]}, {b_} budget ({common['steps'] * (2 if b_ == 'long' else 1)} "
-          f"steps): dev bal. acc. {stat_b(b_, 'dev', 'bacc')[0]:.3f}, test bal. acc. "
-          f"{stat_b(b_, 'test', 'bacc')[0]:.3f} ± {stat_b(b_, 'test', 'bacc')[1]:.3f}, "
-          f"test loss {stat_b(b_, 'test', 'loss')[0]:.3f} ± {stat_b(b_, 'test', 'loss')[1]:.3f}")
+    n_steps = common["steps"] * (2 if b_ == "long" else 1)
+    (a_, sa_), (l_, sl_) = stat_b(b_, "test", "bacc"), stat_b(b_, "test", "loss")
+    print(f"{best0[0]}@{best0[1]}, {b_} budget ({n_steps} steps): dev bal. acc. "
+          f"{stat_b(b_, 'dev', 'bacc')[0]:.3f}, test bal. acc. {a_:.3f} ± {sa_:.3f}, "
+          f"test loss {l_:.3f} ± {sl_:.3f}")
 print(f"chosen on dev: {budget}; zero-shot test bal. acc. {zero['test']['bacc']:.3f}, "
       f"loss {zero['test']['loss']:.3f}")
 
@@ -214,13 +218,15 @@ gain = acc_m - zero["test"]["bacc"]
 se = acc_sd / np.sqrt(len(seeds))
 if scale.name == "quick":
     lb.claim(
-        "at quick scale, fine-tuning (best configuration on dev) stays within 0.15 of the zero-shot "
+        "at quick scale, fine-tuning (best configuration on dev) stays within 0.15 of the "
+        "zero-shot "
         "balanced accuracy (pipeline check)",
         abs(gain), "<=", 0.15, kind="sanity", best=best, gain=gain,
     )
 else:
     lb.claim(
-        "within our budget, the test balanced accuracy of the configuration and budget chosen on dev "
+        "within our budget, the test balanced accuracy of the configuration and budget "
+        "chosen on dev "
         "does not beat the zero-shot head's by more than two standard errors over seeds (no "
         "significant gain)",
         gain - 2 * se, "<=", 0.0, kind="sanity", best=best, gain=gain, sd=acc_sd,
@@ -229,14 +235,16 @@ else:
     dev_se = np.sqrt(0.25 / n_dev)  # standard error of an accuracy near 1/2 on the dev split
     dev_diff = abs(stat_b("long", "dev", "bacc")[0] - stat_b("sweep", "dev", "bacc")[0])
     lb.claim(
-        "the dev split cannot separate the two budgets: their mean dev balanced accuracies differ by "
+        "the dev split cannot separate the two budgets: their mean dev balanced accuracies "
+        "differ by "
         "less than one binomial standard error of the dev split",
         dev_diff, "<", dev_se, kind="sanity", dev_se=dev_se,
         test_long=stat_b("long", "test", "bacc")[0],
     )
     loss_m, _ = stat_b(budget, "test", "loss")
     lb.claim(
-        "fine-tuning (best configuration on dev) lowers the test cross-entropy below the zero-shot "
+        "fine-tuning (best configuration on dev) lowers the test cross-entropy below the "
+        "zero-shot "
         "head's, mean over seeds, at the largest N",
         zero["test"]["loss"] - loss_m, ">", 0.0, kind="sanity", best=best,
         zero_shot=zero["test"]["loss"],
@@ -288,7 +296,8 @@ for m, r in CONFIGS:
     ax.errorbar(Ns_c, g.mean(1), yerr=g.std(1, ddof=1), fmt="o-" if r == 4 else "s",
                 color=colors[m], mfc="none" if r == 8 else None, label=f"{names[m]}, r = {r}")
 ref = np.mean([gap(Ns[0], m, r, s) for m, r in EQUAL_RANK for s in seeds])
-ax.plot(Ns, ref * np.sqrt(Ns[0] / np.array(Ns)), "k--", label=r"$\propto 1/\sqrt{N}$ (bound's shape)")
+ax.plot(Ns, ref * np.sqrt(Ns[0] / np.array(Ns)), "k--",
+        label=r"$\propto 1/\sqrt{N}$ (bound's shape)")
 ax.set(xscale="log", yscale="symlog", xlabel="training snippets N",
        ylabel="test − train cross-entropy", title="generalisation gap")
 ax.legend(fontsize=6)
@@ -313,7 +322,9 @@ if scale.name == "quick":
              max(abs(b) for b, _ in fits.values()), "<", 1e3, kind="sanity")
 else:
     lb.claim(
-        "the train-test gap of the frozen-B adapter (train A, r = 4) shrinks with N like 1/sqrt(N): "
-        "the fitted coefficient b of gap = a + b/sqrt(N), minus two standard errors, is positive",
+        "the train-test gap of the frozen-B adapter (train A, r = 4) shrinks with N like "
+        "1/sqrt(N): "
+        "the fitted coefficient b of gap = a + b/sqrt(N), minus two standard errors, is "
+        "positive",
         b_A - 2 * se_A, ">", 0.0, kind="sanity", b=b_A, se=se_A,
     )

@@ -125,9 +125,11 @@ best = max(MODES, key=lambda m: stat(m, "dev", "bacc")[0])  # chosen on the dev 
 acc_m, acc_sd = stat(best, "test", "bacc")
 gain = acc_m - zero["test"]["bacc"]
 se = acc_sd / np.sqrt(len(seeds))
-lb.claim("three-class fine-tuning (best mode on dev, mean over seeds) beats the zero-shot head's "
-         "test balanced accuracy by more than two standard errors", gain - 2 * se, ">", 0.0,
+lb.claim("three-class fine-tuning (best mode on dev, mean over seeds) beats the zero-shot "
+         "head's test balanced accuracy by more than two standard errors",
+         gain - 2 * se, ">", 0.0,
          kind="sanity", best=best, gain=gain, sd=acc_sd, zero_shot=zero["test"]["bacc"])
 lb.claim("three-class fine-tuning (best mode on dev) lowers the test cross-entropy below the "
-         "zero-shot head's, mean over seeds", zero["test"]["loss"] - stat(best, "test", "loss")[0],
-         ">", 0.0, kind="sanity", best=best)
+         "zero-shot head's, mean over seeds",
+         zero["test"]["loss"] - stat(best, "test", "loss")[0], ">", 0.0,
+         kind="sanity", best=best)

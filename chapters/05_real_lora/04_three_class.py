@@ -20,7 +20,7 @@
 # task asks more of a low-rank adapter than the binary one at the same $N$. This page runs the real-LoRA
 # protocol of {doc}`01_peft_asymmetry` on it: `peft` adapters of rank 4 on the last layer's query and
 # value projections (lower layers cached), the three training modes, the zero-shot cosine head with the
-# three phrases of {py:data}`lorabook.data.CLASS_PHRASES` ("a great movie", "a terrible movie", "the plot
+# three phrases of `lorabook.data.CLASS_PHRASES` ("a great movie", "a terrible movie", "the plot
 # of a movie"), three-class cross-entropy, learning rate chosen on a balanced dev split, several seeds;
 # balanced accuracy and cross-entropy on a disjoint test split (with the corpus' class mix) against the
 # zero-shot head. Code: {py:func}`lorabook.real.top_run` (any two or three classes).

@@ -14,6 +14,7 @@ import copy
 import math
 import time
 import warnings
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,7 +90,8 @@ def init_factors(model: nn.Module, mode: str, generator: torch.Generator, adapte
             B.zero_()
 
 
-def peft_minilm(rank: int, targets: Sequence[str] = ("query", "value"), mode: str = "both", seed: int = 0):
+def peft_minilm(rank: int, targets: Sequence[str] = ("query", "value"), mode: str = "both", seed: int = 0,
+                layers: Sequence[int] | None = None):
     """A ``peft``-wrapped copy of MiniLM with rank-``rank`` LoRA on ``targets`` of every layer.
 
     Parameters
@@ -100,6 +102,7 @@ def peft_minilm(rank: int, targets: Sequence[str] = ("query", "value"), mode: st
     mode : ``"both"`` (train A and B), ``"A"`` (B frozen random, A trained from 0) or ``"B"`` (A frozen random,
         B trained from 0); see :func:`init_factors` and :func:`set_mode`.
     seed : seed of the random factor.
+    layers : indices (0..5) of the encoder layers that carry adapters; ``None`` (default) means all six.
 
     Returns
     -------
@@ -118,8 +121,15 @@ def peft_minilm(rank: int, targets: Sequence[str] = ("query", "value"), mode: st
         raise ValueError(f"targets must be distinct names among {TARGETS}, got {targets!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    extra = {}
+    if layers is not None:
+        layers = sorted(set(int(i) for i in layers)) if not isinstance(layers, (int, str)) else None
+        if not layers or not all(0 <= i < 6 for i in layers):
+            raise ValueError("layers must be a non-empty collection of layer indices in [0, 5]")
+        extra = dict(layers_to_transform=layers, layers_pattern="layer")
     base = copy.deepcopy(load_minilm()[1])
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), lora_dropout=0.0, bias="none")
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), lora_dropout=0.0, bias="none",
+                        **extra)
     with warnings.catch_warnings():  # transformers' deprecation notices raised inside peft, not ours to fix
         warnings.simplefilter("ignore", FutureWarning)
         model = get_peft_model(base, config)
@@ -274,6 +284,245 @@ def peft_run(config: dict) -> dict:
         "params": int(sum(p.numel() for p in params)),
         "seconds": time.perf_counter() - t0,
     }
+
+
+# --- adapters on the top layers, trained from cached lower-layer states; K classes ---
+
+def _bert(model: nn.Module) -> nn.Module:
+    """The ``transformers`` BERT model inside a ``peft`` wrapper (or ``model`` itself)."""
+    inner = getattr(getattr(model, "base_model", None), "model", None)
+    return inner if inner is not None and hasattr(inner, "encoder") else model
+
+
+@torch.no_grad()
+def states_before(texts: Sequence[str], layer: int, *, max_length: int = 64, batch_size: int = 64
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states entering the frozen MiniLM's encoder layer ``layer`` (0..6), with dynamic padding.
+
+    Texts are batched by length (little padding), run through the embeddings and layers ``0..layer-1`` only,
+    and returned in their original order, padded to the longest text: ``n texts -> hidden (n, T, 384)``,
+    ``mask (n, T)`` (0/1), ``T ≤ max_length``. Adapters on layers ``≥ layer`` can then be trained and evaluated
+    from these states (:func:`pooled_from_states`) without rerunning the frozen lower layers.
+    """
+    from .data import attention_bias, load_minilm
+
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a non-empty list of strings")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= 6:
+        raise ValueError(f"layer must be an integer in [0, 6], got {layer!r}")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    tok, model = load_minilm()
+    texts = list(texts)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    enc = tok(texts, truncation=True, max_length=max_length)["input_ids"]
+    T = max(len(e) for e in enc)
+    dtype = model.embeddings.word_embeddings.weight.dtype
+    hidden = torch.zeros(len(texts), T, model.config.hidden_size, dtype=dtype)
+    mask = torch.zeros(len(texts), T, dtype=torch.long)
+    for i in range(0, len(texts), batch_size):
+        idx = order[i:i + batch_size]
+        b = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=max_length,
+                return_tensors="pt")
+        h = model.embeddings(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
+        bias = attention_bias(b["attention_mask"], h.dtype)
+        for blk in model.encoder.layer[:layer]:
+            out = blk(h, attention_mask=bias)
+            h = out[0] if isinstance(out, tuple) else out
+        t = h.shape[1]
+        hidden[torch.as_tensor(idx), :t] = h
+        mask[torch.as_tensor(idx), :t] = b["attention_mask"]
+    return hidden, mask
+
+
+def pooled_from_states(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Run encoder layers ``start..5`` of ``model`` (MiniLM or a ``peft`` wrapper) on cached states and
+    mean-pool: ``(B, T, 384), (B, T) -> (B, 384)``. The batch is trimmed to its longest text first.
+    Gradients flow (no ``no_grad`` here)."""
+    from .data import run_layers
+
+    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
+        raise ValueError(f"need hidden (B, T, H) and mask (B, T); got {tuple(hidden.shape)} and "
+                         f"{tuple(mask.shape)}")
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= 6:
+        raise ValueError(f"start must be an integer in [0, 6], got {start!r}")
+    t = max(int(mask.sum(1).max()), 1)
+    return run_layers(hidden[:, :t], mask[:, :t], start, _bert(model))
+
+
+@lru_cache(maxsize=2)
+def cached_split(classes: tuple[str, ...], n_pool: int, n_dev: int, n_test: int, split_seed: int, start: int,
+                 max_length: int = 64) -> tuple[dict, dict]:
+    """A data split (:func:`lorabook.data.rotten_tomatoes_splits` with ``n_pool`` training snippets per class)
+    and the states entering layer ``start`` of its train, dev and test texts (:func:`states_before`),
+    computed once per process: ``(data, {"train"|"dev"|"test": (hidden, mask)})``."""
+    from .data import rotten_tomatoes_splits
+
+    data = rotten_tomatoes_splits(tuple(classes), n_train_per_class=n_pool, n_dev_per_class=n_dev,
+                                  n_test=n_test, seed=split_seed)
+    states = {s: states_before(data[f"{s}_texts"], start, max_length=max_length) for s in ("train", "dev", "test")}
+    return data, states
+
+
+def train_subset(labels: np.ndarray, n_pool: int, n_train: int) -> np.ndarray:
+    """Indices of the first ``n_train`` training snippets of each class in a split drawn with ``n_pool`` per
+    class (classes are stored in blocks of ``n_pool``): ``(K·n_train,)``. Smaller training sets are nested in
+    larger ones."""
+    K = len(labels) // n_pool
+    if n_pool * K != len(labels) or not 1 <= n_train <= n_pool:
+        raise ValueError(f"n_train={n_train} must lie in [1, n_pool={n_pool}] with len(labels) = K·n_pool")
+    return np.concatenate([k * n_pool + np.arange(n_train) for k in range(K)])
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                           group: int = 8) -> list[np.ndarray]:
+    """One epoch of mini-batches whose texts have similar lengths (less padding), in random order.
+
+    The epoch is a random permutation of ``range(n)`` (``n = len(lengths)``); each run of ``group·batch_size``
+    consecutive indices is sorted by length and cut into batches of ``batch_size`` (a last shorter remainder is
+    dropped when ``n ≥ batch_size``); the batches are then shuffled. Every batch is still a random draw of texts,
+    grouped by length as ``transformers``' ``group_by_length`` does. Returns a list of index arrays.
+    """
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    if lengths.ndim != 1 or n == 0:
+        raise ValueError("lengths must be a non-empty vector")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be an integer in [1, {n}], got {batch_size!r}")
+    perm = rng.permutation(n)
+    batches = []
+    chunk = group * batch_size
+    for i in range(0, n, chunk):
+        part = perm[i:i + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[j:j + batch_size] for j in range(0, len(part) - batch_size + 1, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@torch.no_grad()
+def _scores(model, hidden, mask, labels, dirs, T, start, batch_size=128) -> dict:
+    from .data import balanced_accuracy, zero_shot_logits
+
+    order = torch.argsort(mask.sum(1), stable=True)  # batches of similar length: little padding
+    logits = torch.cat([zero_shot_logits(pooled_from_states(model, hidden[idx], mask[idx], start), dirs, T)
+                        for idx in order.split(batch_size)])
+    y = torch.as_tensor(labels)[order]
+    return {"bacc": balanced_accuracy(logits, y), "loss": float(nn.functional.cross_entropy(logits, y)),
+            "err": float((logits.argmax(1) != y).double().mean())}
+
+
+@lru_cache(maxsize=4)
+def _directions(classes: tuple[str, ...]) -> torch.Tensor:
+    from .data import class_directions
+
+    return class_directions(classes)
+
+
+def top_peft(rank: int, targets: Sequence[str], mode: str, seed: int, start: int) -> nn.Module:
+    """A ``peft`` LoRA model of MiniLM's encoder layers ``start..5`` only, for :func:`pooled_from_states`.
+
+    The same adapters, initialisation and random draws as ``peft_minilm(rank, targets, mode, seed,
+    layers=range(start, 6))``, but only the adapted layers are copied (the embeddings and the frozen lower
+    layers, whose outputs are cached, are left out), so building it is cheap. ``model.base_model.model``
+    has ``encoder.layer`` with placeholders below ``start``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from .data import load_minilm
+
+    rank = _check_rank(rank, 384)
+    _check_mode(mode)
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start <= 5:
+        raise ValueError(f"start must be an integer in [0, 5], got {start!r}")
+    targets = tuple(targets) if not isinstance(targets, str) else (targets,)
+    if not targets or not set(targets) <= set(TARGETS) or len(set(targets)) != len(targets):
+        raise ValueError(f"targets must be distinct names among {TARGETS}, got {targets!r}")
+    full = load_minilm()[1]
+    shell = nn.Module()
+    shell.encoder = nn.Module()
+    shell.encoder.layer = nn.ModuleList([nn.Identity() if i < start else copy.deepcopy(blk)
+                                         for i, blk in enumerate(full.encoder.layer)])
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), lora_dropout=0.0, bias="none",
+                        layers_to_transform=list(range(start, 6)), layers_pattern="layer")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(shell, config)
+    init_factors(model, mode, torch.Generator().manual_seed(int(seed)))
+    set_mode(model, mode)
+    return model.eval()
+
+
+def top_run(config: dict) -> dict:
+    """One real-LoRA run with adapters on the top encoder layers only, trained from cached states.
+
+    ``config`` keys: those of :func:`peft_run` (``classes`` may name two or three classes: K-class cross-entropy
+    on the zero-shot head of :func:`lorabook.data.zero_shot_logits`), plus ``layers`` (the adapted layers, e.g.
+    ``[5]``; the layers below ``min(layers)`` are frozen and run once per process by :func:`cached_split`),
+    ``n_pool`` (training snippets per class of the split; the run trains on the first ``n_train`` per class,
+    :func:`train_subset`) and ``n_train_eval`` (how many training snippets, drawn with ``seed``, estimate the
+    training loss). ``steps = 0`` evaluates the untrained model, which is the zero-shot head.
+
+    Returns
+    -------
+    dict with ``train``, ``dev``, ``test``: ``bacc``, ``loss`` (cross-entropy) and ``err`` (0–1 error) after
+    training; ``params`` (trainable parameters) and ``seconds`` (wall time of the run, states excluded).
+    """
+    from tqdm import tqdm
+
+    from .data import zero_shot_logits
+
+    required = ("classes", "n_train", "n_pool", "n_dev", "n_test", "split_seed", "rank", "targets", "mode", "lr",
+                "steps", "batch_size", "seed", "temperature", "max_length", "layers", "n_train_eval")
+    missing = [k for k in required if k not in config]
+    if missing:
+        raise ValueError(f"config lacks {missing}")
+    if not (isinstance(config["lr"], (int, float)) and math.isfinite(config["lr"]) and config["lr"] > 0):
+        raise ValueError(f"lr must be a positive finite number, got {config['lr']!r}")
+    layers = sorted(int(i) for i in config["layers"])
+    start = layers[0]
+    if layers != list(range(start, 6)):
+        raise ValueError(f"layers must be the top layers start..5, got {config['layers']!r}")
+    data, states = cached_split(tuple(config["classes"]), config["n_pool"], config["n_dev"], config["n_test"],
+                                config["split_seed"], start, config["max_length"])
+    t0 = time.perf_counter()
+    dirs = _directions(tuple(config["classes"]))
+    T = config["temperature"]
+    model = top_peft(config["rank"], tuple(config["targets"]), config["mode"], config["seed"], start)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config["lr"])
+    head = config.get("head", "fixed")
+    if head not in ("fixed", "trained"):
+        raise ValueError(f"head must be 'fixed' or 'trained', got {head!r}")
+    if head == "trained":  # the class directions become parameters, initialised at the zero-shot ones
+        dirs = dirs.clone().requires_grad_(True)
+        opt.add_param_group({"params": [dirs], "lr": config.get("head_lr", config["lr"])})
+    rng = np.random.default_rng(config["seed"])
+    sub = train_subset(data["train_labels"], config["n_pool"], config["n_train"])
+    h_tr, m_tr = states["train"]
+    labels = torch.as_tensor(data["train_labels"])
+    n, bs = len(sub), min(config["batch_size"], len(sub))
+    lengths = m_tr[torch.as_tensor(sub)].sum(1).numpy()
+    batches: list[np.ndarray] = []
+    model.eval()
+    for _ in tqdm(range(config["steps"]), desc=f"{config['mode']} r={config['rank']} N={n}", leave=False):
+        if not batches:
+            batches = length_grouped_batches(lengths, bs, rng)
+        idx = torch.as_tensor(sub[batches.pop()])
+        emb = pooled_from_states(model, h_tr[idx], m_tr[idx], start)
+        loss = nn.functional.cross_entropy(zero_shot_logits(emb, dirs, T), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    dirs = dirs.detach()
+    ev = rng.choice(sub, min(config["n_train_eval"], n), replace=False)
+    out = {"train": _scores(model, h_tr[ev], m_tr[ev], data["train_labels"][ev], dirs, T, start)}
+    for s in ("dev", "test"):
+        out[s] = _scores(model, *states[s], data[f"{s}_labels"], dirs, T, start)
+    out["params"] = int(sum(p.numel() for p in params))
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 # --- pretrained vs random models and the NTK regime ---
@@ -789,37 +1038,13 @@ def _bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return attention_bias(mask, dtype)
 
 
-@torch.no_grad()
 def hidden_before(texts: Sequence[str], layer: int, *, max_length: int = 32, batch_size: int = 64
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token states of the pretrained MiniLM entering encoder layer ``layer`` (0..5), as
     :func:`lorabook.data.hidden_before_layer` computes them, but running only layers ``0..layer-1`` on batches of
-    similar length (dynamic padding). Returns ``(hidden, mask)``: ``(n, T, 384)`` and ``(n, T)``, ``T`` the
-    longest tokenised text (at most ``max_length``), padding positions zero."""
-    from .data import attention_bias, load_minilm
-
-    tok, model = load_minilm()
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(model.encoder.layer):
-        raise ValueError(f"layer must be an integer in [0, {len(model.encoder.layer) - 1}], got {layer!r}")
-    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be a non-empty list of strings")
-    texts = list(texts)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    parts = []
-    for i in range(0, len(texts), batch_size):
-        idx = order[i:i + batch_size]
-        b = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=max_length,
-                return_tensors="pt")
-        h = model.embeddings(input_ids=b["input_ids"], token_type_ids=torch.zeros_like(b["input_ids"]))
-        bias = attention_bias(b["attention_mask"], h.dtype)
-        for lay in model.encoder.layer[:layer]:
-            out = lay(h, attention_mask=bias)
-            h = out[0] if isinstance(out, tuple) else out
-        parts.append((idx, h, b["attention_mask"]))
-    T = max(m.shape[1] for _, _, m in parts)
-    hidden = torch.zeros(len(texts), T, h.shape[2], dtype=h.dtype)
-    mask = torch.zeros(len(texts), T, dtype=torch.long)
-    for idx, h, m in parts:
-        hidden[torch.as_tensor(idx), :h.shape[1]] = h * m[..., None]
-        mask[torch.as_tensor(idx), :m.shape[1]] = m
-    return hidden, mask
+    similar length (dynamic padding; :func:`states_before`). Returns ``(hidden, mask)``: ``(n, T, 384)`` and
+    ``(n, T)``, ``T`` the longest tokenised text (at most ``max_length``), padding positions zero."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= 5:
+        raise ValueError(f"layer must be an integer in [0, 5], got {layer!r}")
+    hidden, mask = states_before(texts, layer, max_length=max_length, batch_size=batch_size)
+    return hidden * mask[..., None].to(hidden.dtype), mask

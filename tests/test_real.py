@@ -146,3 +146,69 @@ def test_validation():
         embed(Tiny(), ["a"], max_length=1)
     with pytest.raises(ValueError, match="lacks"):
         peft_run({"mode": "A"})
+
+
+def test_length_grouped_batches_cover_an_epoch():
+    import numpy as np
+
+    from lorabook.real import length_grouped_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=100)
+    batches = length_grouped_batches(lengths, 8, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert all(len(b) == 8 for b in batches) and len(set(flat.tolist())) == len(flat) == 96
+    # grouping lowers the padding against random batches of the same size
+    pad = lambda bs: sum(lengths[b].max() * len(b) - lengths[b].sum() for b in bs)  # noqa: E731
+    perm = np.random.default_rng(1).permutation(100)
+    assert pad(batches) < 0.5 * pad([perm[i:i + 8] for i in range(0, 96, 8)])
+    with pytest.raises(ValueError, match="batch_size"):
+        length_grouped_batches(lengths, 0, rng)
+    with pytest.raises(ValueError, match="lengths"):
+        length_grouped_batches([], 1, rng)
+
+
+def test_train_subset_nested():
+    import numpy as np
+
+    from lorabook.real import train_subset
+
+    labels = np.repeat([0, 1, 2], 4)
+    assert train_subset(labels, 4, 2).tolist() == [0, 1, 4, 5, 8, 9]
+    with pytest.raises(ValueError, match="n_train"):
+        train_subset(labels, 4, 5)
+
+
+def test_cached_top_layer_matches_the_whole_model():
+    """States cached below layer 5 + the untrained top-layer peft model = MiniLM's zero-shot embedding,
+    and top_peft draws the same factors as peft_minilm on the same layers."""
+    from lorabook import data as dt
+    from lorabook.real import peft_minilm, pooled_from_states, states_before, top_peft
+
+    texts = ["a wonderful, moving film .", "dull", "the plot follows two brothers who inherit a farm ."]
+    with torch.no_grad():
+        ref = dt.mean_pool(*dt.hidden_before_layer(texts, 6))
+        h, m = states_before(texts, 5)
+        top = top_peft(3, ("query", "value"), "B", 7, 5)
+        emb = pooled_from_states(top, h, m, 5)
+    assert h.shape[:2] == m.shape and m.shape[1] < 64
+    cos = torch.nn.functional.cosine_similarity(ref, emb)
+    assert (cos - 1).abs().max() < 1e-6
+    full = peft_minilm(3, ("query", "value"), "B", 7, layers=[5])
+    a = dict((n.split("encoder.")[1], p) for n, p in full.named_parameters() if "lora_" in n)
+    b = dict((n.split("encoder.")[1], p) for n, p in top.named_parameters() if "lora_" in n)
+    assert a.keys() == b.keys() and len(a) == 4
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="layer"):
+        states_before(texts, 7)
+    with pytest.raises(ValueError, match="start"):
+        top_peft(3, ("query",), "B", 0, 6)
+    with pytest.raises(ValueError, match="layers"):
+        peft_minilm(2, layers=[6])
+
+
+def test_top_run_validation():
+    from lorabook.real import top_run
+
+    with pytest.raises(ValueError, match="lacks"):
+        top_run({"mode": "A"})

@@ -423,3 +423,84 @@ lb.claim("synthetic task: the recommended rank stays below rank_threshold(K, N) 
          "(largest difference over N)",
          max(syn[N]["rec"]["r_rec"] - ntk.rank_threshold(K_s, N) for N in Ns_s), "<", 0,
          kind="sanity")
+
+# %% [markdown]
+# (rank-real-lora)=
+# ## Does real LoRA agree?
+#
+# The recommendation above comes from the linearised problem. The question a reader cares about is whether
+# real fine-tuning stops gaining at that rank. We train real `peft` LoRA (chapter 5,
+# {py:func}`lorabook.real.top_run`) on the same layer — the last layer's query and value projections of
+# MiniLM, both factors trained, the lower layers frozen and cached, the same zero-shot head and temperature,
+# two-class cross-entropy (the logistic loss on the same scalar logit) — with the largest $N$ of the sweep
+# above ($N/2$ snippets per class, drawn with a balanced dev split, so the snippets are not the same ones),
+# for ranks 1 to 8. Per rank the learning rate is chosen on the dev split (first seed, two values), then
+# several seeds are run; the **plateau rank** is the smallest rank whose mean dev balanced accuracy is within
+# one standard deviation (over seeds) of the best rank's mean. Only the dev split is used here.
+
+# %%
+from lorabook import real  # noqa: E402
+from lorabook.train import cached_sweep  # noqa: E402
+
+ranks_real = scale.pick(quick=[1, 2], default=[1, 2, 4, 8], paper=[1, 2, 4, 8, 16])
+seeds_real = list(range(scale.pick(quick=2, default=3, paper=5)))
+N_real = max(Ns)
+real_common = dict(
+    classes=["fresh", "rotten"], n_train=N_real // 2, n_pool=N_real // 2,
+    n_dev=scale.pick(quick=16, default=64, paper=200), n_test=8, split_seed=0,
+    targets=["query", "value"], mode="both", steps=scale.pick(quick=6, default=30, paper=200),
+    batch_size=8, temperature=0.05, max_length=64, layers=[5], n_train_eval=N_real,
+    scale=scale.name,
+)
+grid_real = scale.pick(quick=[1e-2], default=[3e-3, 1e-2], paper=[1e-3, 3e-3, 1e-2])
+G = len(grid_real)
+sel_real = cached_sweep("ch4_real_lr", [dict(real_common, rank=r, lr=v, seed=0)
+                                        for r in ranks_real for v in grid_real], real.top_run)
+lr_real = {r: grid_real[int(np.argmax([sel_real[i * G + j]["dev"]["bacc"] for j in range(G)]))]
+           for i, r in enumerate(ranks_real)}
+more_cfgs = [dict(real_common, rank=r, lr=lr_real[r], seed=s)
+             for r in ranks_real for s in seeds_real[1:]]
+more = iter(cached_sweep("ch4_real", more_cfgs, real.top_run))
+dev_real = np.array([[sel_real[i * G + grid_real.index(lr_real[r])]["dev"]["bacc"] if s == 0
+                      else next(more)["dev"]["bacc"] for s in seeds_real]
+                     for i, r in enumerate(ranks_real)])          # (ranks, seeds)
+zero_real = real.top_run(dict(real_common, rank=1, lr=1e-3, seed=0, steps=0))["dev"]["bacc"]
+mean_r, sd_r = dev_real.mean(1), dev_real.std(1, ddof=1)
+j_best = int(np.argmax(mean_r))
+r_plateau = ranks_real[int(np.flatnonzero(mean_r >= mean_r[j_best] - sd_r[j_best])[0])]
+print(f"N = {N_real}: dev balanced accuracy per rank "
+      f"(mean ± sd over {len(seeds_real)} seeds), "
+      f"zero-shot {zero_real:.3f}")
+for r, mu, sd in zip(ranks_real, mean_r, sd_r):
+    print(f"  r = {r:2d} (lr {lr_real[r]:g}): {mu:.3f} ± {sd:.3f}")
+print(f"plateau rank of real LoRA: {r_plateau}; recommended by the three curves: "
+      f"{rec[N_real]['r_rec']}; rank_threshold(1, {N_real}) = {ntk.rank_threshold(1, N_real)}")
+
+# %% tags=["hide-input"]
+fig, ax = plotting.subplots(1, width=5.0, height=3.4)
+ax.errorbar(ranks_real, mean_r, yerr=sd_r, fmt="o-", color=plotting.COLORS["lora"],
+            label="real LoRA (peft), dev")
+ax.axhline(zero_real, color="k", linestyle="--", label="zero-shot head, dev")
+ax.axvline(rec[N_real]["r_rec"], color=plotting.COLORS["construction"], linestyle=":",
+           label="recommended by the three curves")
+ax.set(xscale="log", xlabel="LoRA rank $r$", ylabel="dev balanced accuracy",
+       title=f"real LoRA on the last layer, N = {N_real}")
+ax.set_xticks(ranks_real, [str(r) for r in ranks_real])
+ax.legend(fontsize=7)
+fig.tight_layout()
+
+# %% [markdown]
+# *What we measured* (`default`, $N = 32$, 30 steps of 8, three seeds, 128 dev snippets): dev balanced
+# accuracy 0.706 ± 0.030 at rank 1, then 0.672, 0.680 and 0.669 at ranks 2, 4 and 8 (standard deviations
+# 0.012–0.023), against 0.664 for the zero-shot head. Real LoRA's dev accuracy stops improving at rank 1 —
+# the rank the three curves recommend for this task — and larger ranks bring nothing measurable, far
+# below `rank_threshold(1, 32)` = 8. The dev split has a binomial standard error of about 0.04, so the
+# ranks 1–8 are within noise of each other: the measurement is consistent with the recommendation, and it
+# could not detect a gain of a few points from a higher rank. The check below fails if the plateau rank is
+# more than twice the recommended one.
+
+# %% tags=["nbval-check-output"]
+lb.claim("real LoRA's dev plateau rank is at most the rank the three curves recommend, "
+         "plus one doubling (plateau rank / recommended rank)",
+         r_plateau / rec[N_real]["r_rec"], "<=", 2,
+         kind="sanity", plateau=r_plateau, recommended=rec[N_real]["r_rec"])

@@ -212,3 +212,23 @@ def test_top_run_validation():
 
     with pytest.raises(ValueError, match="lacks"):
         top_run({"mode": "A"})
+
+
+def test_top_run_checkpoints_match_shorter_runs():
+    """A checkpoint after k steps scores the same model as a run of k steps; eval_at is validated."""
+    from lorabook.real import top_run
+
+    cfg = dict(classes=["fresh", "rotten"], n_train=4, n_pool=4, n_dev=4, n_test=8, split_seed=0, rank=2,
+               targets=["value"], mode="A", lr=1e-2, steps=3, batch_size=4, seed=1, temperature=0.05,
+               max_length=16, layers=[5], n_train_eval=4)
+    long = top_run(dict(cfg, steps=5, eval_at=[3, 5]))
+    short = top_run(cfg)
+    assert set(long["checkpoints"]) == {3, 5}
+    for s in ("dev", "test"):
+        assert long["checkpoints"][3][s] == pytest.approx(short[s], abs=1e-6)
+        assert long["checkpoints"][5][s] == long[s]
+    assert "checkpoints" not in short
+    assert "dev" not in top_run(dict(cfg, steps=1, eval_dev=False))
+    for bad in ([4], [-1], "3", [True]):
+        with pytest.raises(ValueError, match="eval_at"):
+            top_run(dict(cfg, eval_at=bad))

@@ -1844,7 +1844,8 @@ def tfn_construction_threshold(target: Sequence[dict], frozen: Sequence[dict], *
     Each attention pair is a two-factor chain (Lemma 1 with ``L = 2``): rank-``R`` adapters remove ``2R``
     singular directions of its difference, so the pair is matched exactly iff ``2R ≥ rank E``; the TFN is exact
     iff every pair is, i.e. from ``R = max_{l,h,pair} ⌈rank E / 2⌉`` (at least 1). ``rank E`` counts the singular
-    values of :func:`tfn_pair_differences` above ``rtol`` times the largest over all pairs.
+    values of :func:`tfn_pair_differences` above ``rtol`` times a scale: the largest of these singular values and
+    of the spectral norms of the frozen products ``W_Kᵀ W_Q``, ``W_O W_V`` (so round-off differences count as 0).
 
     Parameters
     ----------
@@ -1857,7 +1858,8 @@ def tfn_construction_threshold(target: Sequence[dict], frozen: Sequence[dict], *
     """
     _positive(rtol, "rtol")
     s = tfn_pair_differences(target, frozen)
-    top = float(s.max())
+    top = max([float(s.max())] + [float(torch.linalg.matrix_norm(P, 2).max())
+                                  for f in frozen for P in (f["K"].transpose(-1, -2) @ f["Q"], f["O"] @ f["V"])])
     if top == 0:
         return 1
     ranks = (s > rtol * top).sum(-1)

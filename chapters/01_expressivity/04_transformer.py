@@ -257,7 +257,7 @@ print("rank needed for 1% (construction):", c_need.tolist(), " exact:", c_exact.
 # Frozen models with rank-$k$ changes of one factor per pair and of both factors, same targets.
 
 # %%
-ks = scale.pick(quick=[2, 5, 16], default=[1, 2, 5, 8, 12, 16], paper=[1, 2, 3, 5, 8, 12, 16])
+ks = scale.pick(quick=[2, 5, 16], default=[1, 2, 5, 9, 12], paper=[1, 2, 3, 5, 8, 12, 16])
 k_seeds = scale.pick(quick=1, default=seeds, paper=seeds)
 k_gen = torch.Generator().manual_seed(14)
 k_sets = {"one factor": ("Q", "V"), "both factors": ("Q", "K", "V", "O")}
@@ -315,7 +315,8 @@ axes[0].set(yscale="log", ylim=(1e-5, 2), xlabel="LoRA rank $R$",
             ylabel="test MSE / random frozen MSE", title="construction, near frozen models")
 axes[0].legend(fontsize=7)
 axes[1].plot(ks, k_half, "-", color=plotting.COLORS["theory"], label=r"$\lceil k/2\rceil$")
-axes[1].plot(ks, k_both, "--", color=plotting.COLORS["theory"], label=r"$\min(k, \lceil D/2\rceil)$")
+axes[1].plot(ks, k_both, "--", color=plotting.COLORS["theory"],
+             label=r"$\min(k, \lceil D/2\rceil)$")
 for (name, m), color in zip(k_need.items(), (plotting.COLORS["construction"], "#7570b3")):
     axes[1].plot(ks, np.median(m, 1), "o", color=color, label=f"measured, {name}")
 axes[1].set(xlabel="rank $k$ of each change", ylabel="exact from rank",
@@ -339,10 +340,11 @@ fig.tight_layout()
 # %% tags=["nbval-check-output"]
 label_c = "Zeng & Lee, Transformer networks"
 ctl_c = "test_controls_ch1d.py::"
-lb.claim("a frozen Transformer near the target (every weight moved by t) keeps full-rank pair "
-         "differences: exact from ceil(D/2) at every t and seed (largest |measured - ceil(D/2)|)",
+lb.claim("a frozen Transformer near the target (every weight moved by t) keeps full-rank "
+         "pair differences: exact from ceil(D/2) at every t and seed "
+         "(largest |measured - ceil(D/2)|)",
          int(np.abs(c_exact - thr).max()), "==", 0, kind="theorem",
-         label=label_c + " (pretrained frozen model)",
+         label=label_c + " (frozen model near the target)",
          control=ctl_c + "test_near_threshold_check_fails_for_a_low_rank_difference",
          ts=ts, closeness=[float(v) for v in c_zero.mean(1)])
 lb.claim("a rank-k change of one factor per attention pair is matched exactly from "

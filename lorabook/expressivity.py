@@ -1902,3 +1902,88 @@ def tfn_construction_curve(target: Sequence[dict], frozen: Sequence[dict], ranks
         adapted = tfn_full_construction(target, frozen, R)
         out[j] = (tfn_forward(X, adapted) - y).square().sum(-1).mean().item() / reference
     return out
+
+
+def pretrain_tfn(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence[dict]], *, levels: Sequence[float],
+                 max_steps: int, batch: int, n_tokens: int, lr: float, generator: torch.Generator
+                 ) -> tuple[list[list[list[dict]]], torch.Tensor]:
+    """The paper's "pretrained" frozen model for Transformers: every weight and bias trained toward the target.
+
+    Adam (learning rate ``lr``, float64) on all weights and biases of each frozen TFN, on fresh token sequences
+    with ``N(0, 1)`` entries, batched over the S pairs. For each closeness level ``c`` the model is kept at the
+    first step whose batch loss (per-token ``‖f(X) − f̄(X)‖²``) is below ``initial loss / c`` (or after
+    ``max_steps``); one run serves all levels; ``c = 1`` is the frozen model itself.
+
+    Parameters
+    ----------
+    targets, frozens : S lists of ``L`` layer dicts each (``Q, K, V, O`` (H, D, D); ``W1, W2`` (D, D);
+        ``b1, b2`` (D,)), all of the same shapes.
+    levels : K closeness factors ``≥ 1``.
+    max_steps, batch, n_tokens : positive integers (inputs of shape (S, batch, n_tokens, D) every step).
+    lr : positive learning rate.
+    generator : torch.Generator for the inputs.
+
+    Returns
+    -------
+    ``(models, steps_used)``: ``models[k][s]`` the pretrained TFN (list of layer dicts, float64, CPU) of level
+    ``k`` and pair ``s``; ``steps_used`` (K, S) the step at which it was kept.
+    """
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
+        raise ValueError("levels must be a non-empty sequence of numbers >= 1")
+    for c in levels:
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 1 or not math.isfinite(c):
+            raise ValueError(f"every level must be a finite number >= 1, got {c!r}")
+    check_rank(max_steps, 10**9, "max_steps")
+    check_rank(batch, 10**8, "batch")
+    check_rank(n_tokens, 10**6, "n_tokens")
+    _positive(lr, "lr")
+    S = len(targets)
+    if S == 0 or len(frozens) != S:
+        raise ValueError("need one target and one frozen TFN per pair")
+    shape = _check_pair(list(targets[0]), list(frozens[0])) + (len(targets[0]),)
+    for t, f in zip(targets, frozens):
+        if _check_pair(list(t), list(f)) + (len(t),) != shape:
+            raise ValueError("all TFNs must share depth, heads and width")
+    H, D, _ = shape
+    kw = dict(dtype=torch.float64, device="cpu")
+    tgt = _stack_layers(targets, 0, **kw)
+    params = _stack_layers(frozens, 0, **kw)
+    flat = [P.requires_grad_(True) for layer in params for P in layer.values()]
+    lev = torch.tensor([float(c) for c in levels], dtype=torch.float64)
+    K = len(levels)
+
+    def snapshot(s: int) -> list[dict]:
+        return [{k: P[s].detach().clone().reshape(P.shape[-3:] if k in _ATT_KEYS else
+                                                  P.shape[-2:] if k in ("W1", "W2") else P.shape[-1:])
+                 for k, P in layer.items()} for layer in params]
+
+    models = [[snapshot(s) for s in range(S)] for _ in range(K)]
+    used = torch.zeros(K, S, dtype=torch.long)
+    done = (lev == 1)[:, None].expand(K, S).clone()
+    moments = [(torch.zeros_like(P), torch.zeros_like(P)) for P in flat]
+    beta1, beta2 = 0.9, 0.999
+    init = None
+    for step in range(max_steps):
+        if done.all():
+            return models, used
+        X = torch.randn(S, batch, n_tokens, D, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            y = tfn_forward(X, tgt)
+        loss = (tfn_forward(X, params) - y).square().sum(-1).mean((-1, -2))          # (S,)
+        with torch.no_grad():
+            if init is None:
+                init = loss.detach().clone()
+            else:
+                new = ~done & (loss[None] < init[None] / lev[:, None])                   # (K, S)
+                for k, s in new.nonzero().tolist():
+                    models[k][s], used[k, s] = snapshot(s), step
+                done |= new
+        grads = torch.autograd.grad(loss.sum(), flat)
+        with torch.no_grad():
+            for P, G, (m, v) in zip(flat, grads, moments):
+                m.mul_(beta1).add_(G, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(G, G, value=1 - beta2)
+                P.sub_(lr * (m / (1 - beta1 ** (step + 1))) / ((v / (1 - beta2 ** (step + 1))).sqrt() + 1e-8))
+    for k, s in (~done).nonzero().tolist():
+        models[k][s], used[k, s] = snapshot(s), max_steps
+    return models, used

@@ -114,3 +114,33 @@ def test_curve_validation(pair):
         ex.tfn_construction_curve(target, far, [1], X, reference=-1.0)
     with pytest.raises(ValueError, match="zero error"):
         ex.tfn_construction_curve(target, target, [1], X)
+
+
+def test_pretrain_tfn_moves_frozen_models_toward_the_target(pair):
+    g, target, far, X = pair
+    models, used = ex.pretrain_tfn([target, target], [far, far], levels=[1, 2], max_steps=200, batch=16,
+                                   n_tokens=N, lr=1e-2, generator=g)
+    assert len(models) == 2 and len(models[0]) == 2 and used.shape == (2, 2)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(models[0][0], far) for k in ex.TFN_KEYS)
+    y = ex.tfn_forward(X, target)
+    z0 = (ex.tfn_forward(X, far) - y).square().sum(-1).mean()
+    z1 = (ex.tfn_forward(X, models[1][0]) - y).square().sum(-1).mean()
+    assert models[1][0][0]["Q"].shape == (H, D, D) and models[1][0][0]["b1"].shape == (D,)
+    assert 0 < used[1, 0] < 200 and z1 < 0.8 * z0
+
+
+def test_pretrain_tfn_validation(pair):
+    g, target, far, _ = pair
+    kw = dict(max_steps=5, batch=4, n_tokens=N, lr=1e-2, generator=g)
+    for levels in ([], [0.5], [float("nan")], "3"):
+        with pytest.raises(ValueError, match="level"):
+            ex.pretrain_tfn([target], [far], levels=levels, **kw)
+    with pytest.raises(ValueError, match="one target and one frozen"):
+        ex.pretrain_tfn([target], [], levels=[2], **kw)
+    with pytest.raises(ValueError, match="lr"):
+        ex.pretrain_tfn([target], [far], levels=[2], **{**kw, "lr": 0.0})
+    with pytest.raises(ValueError, match="max_steps"):
+        ex.pretrain_tfn([target], [far], levels=[2], **{**kw, "max_steps": 0})
+    other, _ = ex.random_tfn_pair(D, H, L + 1, g)
+    with pytest.raises(ValueError, match="share depth|same depth"):
+        ex.pretrain_tfn([target, other], [far, other], levels=[2], **kw)

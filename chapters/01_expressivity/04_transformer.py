@@ -254,6 +254,36 @@ print("t:", ts, " frozen error / random frozen error:", c_zero.mean(1).round(3))
 print("rank needed for 1% (construction):", c_need.tolist(), " exact:", c_exact.tolist())
 
 # %% [markdown]
+# The paper's own notion of closeness is a frozen model "pretrained" toward the target. As on
+# {ref}`ch1-paper-settings`, every weight and bias of the random frozen model is trained by Adam on fresh token
+# sequences until its batch loss falls below the initial loss divided by the level (3 is the paper's recipe)
+# ({py:func}`lorabook.expressivity.pretrain_tfn`); the construction is then applied to it as above.
+
+# %%
+p_levels = scale.pick(quick=[3], default=[3, 10], paper=[3, 10])
+p_models, p_used = ex.pretrain_tfn(targets, frozens, levels=p_levels,
+                                   max_steps=scale.pick(quick=100, default=400, paper=2000),
+                                   batch=32, n_tokens=n_tokens, lr=1e-2,
+                                   generator=torch.Generator().manual_seed(16))
+p_cons = np.zeros((len(p_levels), seeds, D))
+p_zero = np.zeros((len(p_levels), seeds))
+for j in range(len(p_levels)):
+    for s in range(seeds):
+        Xc, fp = X_test[s, :n_c], p_models[j][s]
+        y_c = ex.tfn_forward(Xc, targets[s])
+        z_rand = (ex.tfn_forward(Xc, frozens[s]) - y_c).square().sum(-1).mean().item()
+        p_zero[j, s] = (ex.tfn_forward(Xc, fp) - y_c).square().sum(-1).mean().item() / z_rand
+        p_cons[j, s] = ex.tfn_construction_curve(targets[s], fp, Rs, Xc,
+                                                 reference=z_rand).numpy()
+p_exact = np.array([[ex.rank_needed(p_cons[j, s] / p_zero[j, s], Rs, ex.EXACT_REL_MSE)
+                     for s in range(seeds)] for j in range(len(p_levels))])
+p_need = np.array([[ex.rank_needed(p_cons[j, s], Rs, c_tol) for s in range(seeds)]
+                   for j in range(len(p_levels))])
+print("pretrained, levels", p_levels, "steps used", p_used.tolist(),
+      " frozen error / random frozen error:", p_zero.mean(1).round(3))
+print("rank needed for 1% (construction):", p_need.tolist(), " exact:", p_exact.tolist())
+
+# %% [markdown]
 # Frozen models with rank-$k$ changes of one factor per pair and of both factors, same targets (ranks
 # $1..\lceil D/2\rceil + 1$: from $\lceil D/2\rceil$ on every pair is matched exactly whatever $k$).
 
@@ -328,6 +358,10 @@ cl = c_zero.mean(1)
 axes[2].plot(cl, np.median(c_exact, 1), "s-", color=plotting.COLORS["theory"], label="exact")
 axes[2].plot(cl, np.median(c_need, 1), "o-", color=plotting.COLORS["construction"],
              label="1% of random frozen error")
+axes[2].plot(p_zero.mean(1), np.median(p_need, 1), "^", color=plotting.COLORS["lora"],
+             label="1%, pretrained frozen model")
+axes[2].plot(p_zero.mean(1), np.median(p_exact, 1), "^", color=plotting.COLORS["theory"],
+             label="exact, pretrained")
 axes[2].set(xscale="log", xlabel="frozen MSE / random frozen MSE", ylabel="rank needed",
             title="construction: rank needed vs closeness")
 axes[2].legend(fontsize=7)
@@ -342,13 +376,15 @@ fig.tight_layout()
 # %% tags=["nbval-check-output"]
 label_c = "Zeng & Lee, Transformer networks"
 ctl_c = "test_controls_ch1d.py::"
-lb.claim("a frozen Transformer near the target (every weight moved by t) keeps full-rank "
-         "pair differences: exact from ceil(D/2) at every t and seed "
-         "(largest |measured - ceil(D/2)|)",
-         int(np.abs(c_exact - thr).max()), "==", 0, kind="theorem",
+lb.claim("a frozen Transformer near the target (every weight moved by t, or pretrained "
+         "toward it) keeps full-rank pair differences: exact from ceil(D/2) at every t, level "
+         "and seed (largest |measured - ceil(D/2)|)",
+         int(max(np.abs(c_exact - thr).max(), np.abs(p_exact - thr).max())), "==", 0,
+         kind="theorem",
          label=label_c + " (frozen model near the target)",
          control=ctl_c + "test_near_threshold_check_fails_for_a_low_rank_difference",
-         ts=ts, closeness=[float(v) for v in c_zero.mean(1)])
+         ts=ts, closeness=[float(v) for v in c_zero.mean(1)], levels=p_levels,
+         closeness_pretrained=[float(v) for v in p_zero.mean(1)])
 lb.claim("a rank-k change of one factor per attention pair is matched exactly from "
          "R = ceil(k/2) (largest |measured - ceil(k/2)| over k and seeds)",
          int(np.abs(k_need["one factor"] - k_half[:, None]).max()), "==", 0, kind="theorem",
@@ -366,16 +402,27 @@ lb.claim("the rank the construction needs for 1% of the random frozen error fall
          "closeness (median at the nearest t / median at t = 1)",
          float(np.median(c_need[-1]) / np.median(c_need[0])), "<", 1.0, kind="sanity",
          need_by_t=[float(np.median(v)) for v in c_need])
+lb.claim("pretraining does not lower the rank the construction needs for 1% of the random "
+         "frozen error (median at the last level / median for the random model)",
+         float(np.median(p_need[-1]) / np.median(c_need[0])), ">=", 1.0, kind="sanity",
+         need_by_level=[float(np.median(v)) for v in p_need],
+         closeness=[float(v) for v in p_zero.mean(1)])
 lb.claim(f"gradient LoRA: the near frozen model (t = {c_t}) has a lower error than the random "
          "one at every rank (largest ratio of medians)", float(c_gain.max()), "<", 1.0,
          kind="sanity", ranks=c_ranks)
 
 # %% [markdown]
-# As for FNNs, a frozen Transformer that is merely near the target (smaller differences in every weight) needs a
-# lower rank for a given error, by construction and, within our short budget, for gradient LoRA at every rank
-# trained; it does not lower the rank of an exact match, which stays $\lceil D/2\rceil$ because every pair
-# difference keeps full rank. What lowers the exact threshold is the rank of the pair differences: a rank-$k$ change
+# As for FNNs, a frozen Transformer that is near the target in its *weights* (smaller differences in every
+# weight) needs a lower rank for a given error, by construction and, within our short budget, for gradient LoRA
+# at every rank trained; it does not lower the rank of an exact match, which stays $\lceil D/2\rceil$ because
+# every pair difference keeps full rank. A frozen model pretrained toward the target's *function* behaves
+# differently from the FNN case: at the paper's level (a third of the initial error) and at a tenth, its error is
+# as low as that of the weight-near models, yet the construction needs the same rank for 1 % of the random frozen
+# error as on the random model. The construction matches weight products through the maps $W_1^{-1}\bar W_1$ and
+# $T_l$, and gradient pretraining reduces the output error without shrinking the tail singular values of those
+# pair differences (our reading of the measurement; we did not test it separately). So for Transformers the
+# rank the *construction* needs depends on closeness of the weights, not of the outputs; whether gradient LoRA
+# on a pretrained frozen Transformer needs a lower rank was not run here. What lowers the exact threshold is the rank of the pair differences: a rank-$k$ change
 # of one factor per pair is matched exactly from $\lceil k/2\rceil$ and not below, while rank-$k$ changes of both
 # factors of a pair need $\min(k, \lceil D/2\rceil)$, so "the attention weights differ by rank $k$" alone does not
-# give $\lceil k/2\rceil$. The paper's gradient pretraining (rather than our controlled perturbation) is not run
-# for the Transformer.
+# give $\lceil k/2\rceil$.

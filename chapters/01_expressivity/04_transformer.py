@@ -309,27 +309,30 @@ for name in k_sets:
 print("ceil(k/2):", k_half.tolist(), " min(k, ceil(D/2)):", k_both.tolist())
 
 # %% [markdown]
-# Gradient LoRA on the random frozen model and on a near one (same protocol as above: the same parameters,
+# Gradient LoRA on the random frozen model, on a near one and on a pretrained one (same protocol as above: the same parameters,
 # float64 Adam, fresh token sequences; one learning rate, a shorter budget).
 
 # %%
 c_ranks = scale.pick(quick=[2, 8], default=[2, 4, 8], paper=[2, 4, 8, 12])
 c_t = ts[2] if len(ts) > 2 else ts[-1]        # t = 0.1
-c_steps = scale.pick(quick=30, default=120, paper=5000)
+c_steps = scale.pick(quick=30, default=100, paper=5000)
 c_seeds = min(seeds, 2)
 near_list = [near[c_t, s] for s in range(c_seeds)]
+pre_list = [p_models[-1][s] for s in range(c_seeds)]          # pretrained, last level
 _, c_curve = ex.train_tfn_lora(
-    targets[:c_seeds] * 2, frozens[:c_seeds] + near_list,
+    targets[:c_seeds] * 3, frozens[:c_seeds] + near_list + pre_list,
     [dict(rank=int(R), lr=1e-2) for R in c_ranks], steps=c_steps, batch=16, n_tokens=n_tokens,
     generator=torch.Generator().manual_seed(15), dtype=torch.float64, train_ffn=True,
-    eval_X=X_test[:c_seeds, :n_c].repeat(2, 1, 1, 1), device=lb.device())
+    eval_X=X_test[:c_seeds, :n_c].repeat(3, 1, 1, 1), device=lb.device())
 c_rand_err = np.array([
     (ex.tfn_forward(X_test[s, :n_c], frozens[s]) - ex.tfn_forward(X_test[s, :n_c], targets[s]))
     .square().sum(-1).mean().item() for s in range(c_seeds)])
-c_grad = c_curve[-1].cpu().numpy().reshape(2, c_seeds, -1) / c_rand_err[None, :, None]
+c_grad = c_curve[-1].cpu().numpy().reshape(3, c_seeds, -1) / c_rand_err[None, :, None]
 c_gain = np.median(c_grad[1], 0) / np.median(c_grad[0], 0)       # near / random, per rank
+p_gain = np.median(c_grad[2], 0) / np.median(c_grad[0], 0)       # pretrained / random
 print(f"gradient ({c_steps} steps), median error / random frozen error: random",
-      np.median(c_grad[0], 0).round(4), f" t = {c_t}", np.median(c_grad[1], 0).round(4))
+      np.median(c_grad[0], 0).round(4), f" t = {c_t}", np.median(c_grad[1], 0).round(4),
+      f" pretrained (level {p_levels[-1]})", np.median(c_grad[2], 0).round(4))
 
 # %% [markdown]
 # Left: the construction's error against rank, one line per distance $t$ (median and range over seeds).
@@ -410,6 +413,9 @@ lb.claim("pretraining does not lower the rank the construction needs for 1% of t
 lb.claim(f"gradient LoRA: the near frozen model (t = {c_t}) has a lower error than the random "
          "one at every rank (largest ratio of medians)", float(c_gain.max()), "<", 1.0,
          kind="sanity", ranks=c_ranks)
+lb.claim(f"gradient LoRA: the pretrained frozen model (level {p_levels[-1]}) has a lower error "
+         "than the random one at every rank (largest ratio of medians)", float(p_gain.max()),
+         "<", 1.0, kind="sanity", ranks=c_ranks, steps=c_steps)
 
 # %% [markdown]
 # As for FNNs, a frozen Transformer that is near the target in its *weights* (smaller differences in every
@@ -421,8 +427,13 @@ lb.claim(f"gradient LoRA: the near frozen model (t = {c_t}) has a lower error th
 # error as on the random model. The construction matches weight products through the maps $W_1^{-1}\bar W_1$ and
 # $T_l$, and gradient pretraining reduces the output error without shrinking the tail singular values of those
 # pair differences (our reading of the measurement; we did not test it separately). So for Transformers the
-# rank the *construction* needs depends on closeness of the weights, not of the outputs; whether gradient LoRA
-# on a pretrained frozen Transformer needs a lower rank was not run here. What lowers the exact threshold is the rank of the pair differences: a rank-$k$ change
+# rank the *construction* needs depends on closeness of the weights, not of the outputs. Gradient LoRA, within
+# our short budget (100 steps at `default`), does reach a lower error from the pretrained frozen model than from
+# the random one at every rank trained, but by much less than from the weight-near model (at `default` about
+# 0.15 against 0.19 and 0.035 of the random frozen error), and barely below the pretrained model's own error;
+# whether a longer budget lowers the rank it needs is left open.
+#
+# What lowers the exact threshold is the rank of the pair differences: a rank-$k$ change
 # of one factor per pair is matched exactly from $\lceil k/2\rceil$ and not below, while rank-$k$ changes of both
 # factors of a pair need $\min(k, \lceil D/2\rceil)$, so "the attention weights differ by rank $k$" alone does not
 # give $\lceil k/2\rceil$.

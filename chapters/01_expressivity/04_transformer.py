@@ -413,9 +413,9 @@ lb.claim("pretraining does not lower the rank the construction needs for 1% of t
 lb.claim(f"gradient LoRA: the near frozen model (t = {c_t}) has a lower error than the random "
          "one at every rank (largest ratio of medians)", float(c_gain.max()), "<", 1.0,
          kind="sanity", ranks=c_ranks)
-lb.claim(f"gradient LoRA: the pretrained frozen model (level {p_levels[-1]}) has a lower error "
-         "than the random one at every rank (largest ratio of medians)", float(p_gain.max()),
-         "<", 1.0, kind="sanity", ranks=c_ranks, steps=c_steps)
+lb.claim(f"gradient LoRA: the pretrained frozen model (level {p_levels[-1]}) has a lower "
+         "error than the random one at every rank (largest ratio of medians)",
+         float(p_gain.max()), "<", 1.0, kind="sanity", ranks=c_ranks, steps=c_steps)
 
 # %% [markdown]
 # As for FNNs, a frozen Transformer that is near the target in its *weights* (smaller differences in every

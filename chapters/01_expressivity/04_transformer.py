@@ -430,7 +430,7 @@ lb.claim(f"gradient LoRA: the pretrained frozen model (level {p_levels[-1]}) has
 # rank the *construction* needs depends on closeness of the weights, not of the outputs. Gradient LoRA, within
 # our short budget (100 steps at `default`), does reach a lower error from the pretrained frozen model than from
 # the random one at every rank trained, but by much less than from the weight-near model (at `default` about
-# 0.15 against 0.19 and 0.035 of the random frozen error), and barely below the pretrained model's own error;
+# 0.15 against 0.18 and 0.04 of the random frozen error), and barely below the pretrained model's own error;
 # whether a longer budget lowers the rank it needs is left open.
 #
 # What lowers the exact threshold is the rank of the pair differences: a rank-$k$ change

@@ -1718,3 +1718,272 @@ def construction_curve(target_w: torch.Tensor, target_b: torch.Tensor, frozen_w:
         for i, (x, y, z) in enumerate(zip(xs, ys, zero)):
             out[j, i] = (fnn_forward(x, W, biases) - y).square().sum(-1).mean() / z
     return out
+
+
+# --- Transformer: pretrained and rank-k frozen models ---
+_ATT_KEYS = ("Q", "K", "V", "O")
+
+
+def _check_pair(target: Sequence[dict], frozen: Sequence[dict]) -> tuple[int, int]:
+    H, D = _check_tfn(target, "target")
+    if _check_tfn(frozen, "frozen") != (H, D) or len(target) != len(frozen):
+        raise ValueError("target and frozen TFN must have the same depth, heads and width")
+    _check_ffn(target, "target", D)
+    _check_ffn(frozen, "frozen", D)
+    return H, D
+
+
+def tfn_between(target: Sequence[dict], far: Sequence[dict], t: float) -> list[dict]:
+    """A frozen TFN at a controlled distance from the target: every weight and bias ``θ̄ + t (θ_far − θ̄)``.
+
+    ``t = 1`` gives ``far`` (a random frozen model), ``t → 0`` the target; every weight differs from the
+    target's by ``t`` times a generic (full-rank) difference, so the products the construction matches differ by
+    full-rank matrices of size ``O(t)`` (a frozen model "closer" to the target, not closer in rank).
+
+    Parameters
+    ----------
+    target, far : lists of ``L`` layer dicts (``Q, K, V, O`` (H, D, D); ``W1, W2`` (D, D); ``b1, b2`` (D,)).
+    t : finite number in ``(0, 1]``.
+
+    Returns
+    -------
+    list of ``L`` new layer dicts (inputs are not modified).
+    """
+    _check_pair(target, far)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 < t <= 1:
+        raise ValueError(f"t must be a finite number in (0, 1], got {t!r}")
+    return [{k: tl[k] + float(t) * (fl[k] - tl[k]) for k in TFN_KEYS} for tl, fl in zip(target, far)]
+
+
+def tfn_low_rank_frozen(target: Sequence[dict], k: int, generator: torch.Generator, *,
+                        factors: Sequence[str] = ("Q", "V")) -> list[dict]:
+    """A frozen TFN equal to the target except for rank-``k`` changes of the attention weights in ``factors``.
+
+    For every layer and head, each weight named in ``factors`` becomes ``W̄ + U S Vᵀ`` with ``U, V`` (D, k)
+    random orthonormal columns and ``S`` diagonal with entries uniform on ``[0.25, 0.5]``; the feed-forward blocks
+    are the target's. With one factor per attention pair (the default ``Q`` and ``V``) each product
+    ``W_Kᵀ W_Q``, ``W_O W_V`` differs from the target's by a rank-``k`` matrix (the other factor is invertible);
+    with both factors of a pair changed (``Q`` and ``K``) the product differs by rank ``min(2k, D)`` generically.
+
+    Parameters
+    ----------
+    target : list of ``L`` layer dicts (``Q, K, V, O`` (H, D, D); ``W1, W2`` (D, D); ``b1, b2`` (D,)).
+    k : rank of each change, in ``[0, D]``.
+    generator : torch.Generator for the random directions.
+    factors : non-empty subset of ``("Q", "K", "V", "O")``, without repeats.
+
+    Returns
+    -------
+    list of ``L`` new layer dicts.
+    """
+    H, D = _check_tfn(target, "target")
+    _check_ffn(target, "target", D)
+    check_rank(k, D, "k", allow_zero=True)
+    if isinstance(factors, (str, bytes)) or not factors or len(set(factors)) != len(factors) \
+            or any(f not in _ATT_KEYS for f in factors):
+        raise ValueError(f"factors must be a non-empty subset of {_ATT_KEYS} without repeats, got {factors!r}")
+    out = []
+    for layer in target:
+        new = {key: layer[key].clone() for key in TFN_KEYS}
+        dtype = new["Q"].dtype
+        for f in factors:
+            for h in range(H):
+                U = torch.linalg.qr(torch.randn(D, D, generator=generator, dtype=dtype))[0][:, :k]
+                V = torch.linalg.qr(torch.randn(D, D, generator=generator, dtype=dtype))[0][:, :k]
+                sv = 0.25 + 0.25 * torch.rand(k, generator=generator, dtype=dtype)
+                new[f][h] = new[f][h] + ((U * sv) @ V.T).to(new[f].device)
+        out.append(new)
+    return out
+
+
+def tfn_pair_differences(target: Sequence[dict], frozen: Sequence[dict]) -> torch.Tensor:
+    """The differences :func:`tfn_full_construction` removes, as singular values.
+
+    Per layer ``l`` and head ``h``: ``E_s = T^{-ᵀ} W̄_Kᵀ W̄_Q T^{-1} − W_Kᵀ W_Q`` (score pair) and
+    ``E_v = W1^{-1} W̄1 W̄_O W̄_V T^{-1} − W_O W_V`` (value pair), with ``T = T_{l−1}`` the map the construction
+    carries between the hidden states (``T_0 = I``, ``T_l = W2_l W̄2_l^{-1}``).
+
+    Parameters
+    ----------
+    target, frozen : lists of ``L`` layer dicts of the same shapes (float64 recommended).
+
+    Returns
+    -------
+    (L, H, 2, D) singular values, index 0 of the third axis the score pair, 1 the value pair.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes or keys, NaN, or a singular frozen ``W1`` / ``W2`` or target ``W2`` (before the last layer).
+    """
+    H, D = _check_pair(target, frozen)
+    L = len(target)
+    for l, (t, f) in enumerate(zip(target, frozen), start=1):
+        _check_nonsingular(f["W1"], f"frozen W1 of layer {l}")
+        if l < L:
+            _check_nonsingular(f["W2"], f"frozen W2 of layer {l}")
+            _check_nonsingular(t["W2"], f"target W2 of layer {l}")
+    T = torch.eye(D, dtype=target[0]["Q"].dtype, device=target[0]["Q"].device)
+    out = torch.zeros(L, H, 2, D, dtype=torch.float64)
+    for l, (t, f) in enumerate(zip(target, frozen)):
+        T_inv = torch.linalg.inv(T)
+        for h in range(H):
+            E_s = T_inv.T @ t["K"][h].T @ t["Q"][h] @ T_inv - f["K"][h].T @ f["Q"][h]
+            value = torch.linalg.solve(f["W1"], t["W1"] @ t["O"][h] @ t["V"][h] @ T_inv)
+            E_v = value - f["O"][h] @ f["V"][h]
+            out[l, h, 0] = torch.linalg.svdvals(E_s).double().cpu()
+            out[l, h, 1] = torch.linalg.svdvals(E_v).double().cpu()
+        if l < L - 1:
+            T = torch.linalg.solve(t["W2"].T, f["W2"].T).T
+    return out
+
+
+def tfn_construction_threshold(target: Sequence[dict], frozen: Sequence[dict], *, rtol: float = 1e-10) -> int:
+    """The rank from which :func:`tfn_full_construction` is exact, derived from the construction.
+
+    Each attention pair is a two-factor chain (Lemma 1 with ``L = 2``): rank-``R`` adapters remove ``2R``
+    singular directions of its difference, so the pair is matched exactly iff ``2R ≥ rank E``; the TFN is exact
+    iff every pair is, i.e. from ``R = max_{l,h,pair} ⌈rank E / 2⌉`` (at least 1). ``rank E`` counts the singular
+    values of :func:`tfn_pair_differences` above ``rtol`` times a scale: the largest of these singular values and
+    of the spectral norms of the frozen products ``W_Kᵀ W_Q``, ``W_O W_V`` (so round-off differences count as 0).
+
+    Parameters
+    ----------
+    target, frozen : lists of ``L`` layer dicts of the same shapes.
+    rtol : positive relative tolerance of the numerical rank.
+
+    Returns
+    -------
+    int in ``[1, ⌈D/2⌉]``.
+    """
+    _positive(rtol, "rtol")
+    s = tfn_pair_differences(target, frozen)
+    top = max([float(s.max())] + [float(torch.linalg.matrix_norm(P, 2).max())
+                                  for f in frozen for P in (f["K"].transpose(-1, -2) @ f["Q"], f["O"] @ f["V"])])
+    if top == 0:
+        return 1
+    ranks = (s > rtol * top).sum(-1)
+    return max(1, math.ceil(int(ranks.max()) / 2))
+
+
+def tfn_construction_curve(target: Sequence[dict], frozen: Sequence[dict], ranks: Sequence[int],
+                           X: torch.Tensor, *, reference: float | None = None) -> torch.Tensor:
+    """Test MSE of :func:`tfn_full_construction` at each rank, relative to the frozen model's (or ``reference``).
+
+    Parameters
+    ----------
+    target, frozen : lists of ``L`` layer dicts of the same shapes.
+    ranks : ranks in ``[1, D]``.
+    X : (n, N, D) test token sequences, same dtype as the weights.
+    reference : optional positive MSE to divide by instead of the frozen model's (e.g. a random frozen
+        model's, to compare frozen models at different distances on one scale).
+
+    Returns
+    -------
+    (len(ranks),) float64 tensor: per-token ``E‖f(X) − f̄(X)‖²`` of the adapted model / the reference.
+    """
+    _, D = _check_pair(target, frozen)
+    if not isinstance(X, torch.Tensor) or X.dim() != 3 or X.shape[-1] != D or not torch.isfinite(X).all():
+        raise ValueError(f"X must be a finite tensor of shape (n, N, D={D})")
+    ranks = [int(r) for r in ranks]
+    if not ranks:
+        raise ValueError("ranks must be a non-empty list")
+    for r in ranks:
+        check_rank(r, D, "rank")
+    y = tfn_forward(X, target)
+    if reference is None:
+        reference = (tfn_forward(X, frozen) - y).square().sum(-1).mean().item()
+        if reference <= 0:
+            raise ValueError("the frozen model already equals the target on X (zero error)")
+    else:
+        _positive(reference, "reference")
+    out = torch.zeros(len(ranks), dtype=torch.float64)
+    for j, R in enumerate(ranks):
+        adapted = tfn_full_construction(target, frozen, R)
+        out[j] = (tfn_forward(X, adapted) - y).square().sum(-1).mean().item() / reference
+    return out
+
+
+def pretrain_tfn(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence[dict]], *, levels: Sequence[float],
+                 max_steps: int, batch: int, n_tokens: int, lr: float, generator: torch.Generator
+                 ) -> tuple[list[list[list[dict]]], torch.Tensor]:
+    """The paper's "pretrained" frozen model for Transformers: every weight and bias trained toward the target.
+
+    Adam (learning rate ``lr``, float64) on all weights and biases of each frozen TFN, on fresh token sequences
+    with ``N(0, 1)`` entries, batched over the S pairs. For each closeness level ``c`` the model is kept at the
+    first step whose batch loss (per-token ``‖f(X) − f̄(X)‖²``) is below ``initial loss / c`` (or after
+    ``max_steps``); one run serves all levels; ``c = 1`` is the frozen model itself.
+
+    Parameters
+    ----------
+    targets, frozens : S lists of ``L`` layer dicts each (``Q, K, V, O`` (H, D, D); ``W1, W2`` (D, D);
+        ``b1, b2`` (D,)), all of the same shapes.
+    levels : K closeness factors ``≥ 1``.
+    max_steps, batch, n_tokens : positive integers (inputs of shape (S, batch, n_tokens, D) every step).
+    lr : positive learning rate.
+    generator : torch.Generator for the inputs.
+
+    Returns
+    -------
+    ``(models, steps_used)``: ``models[k][s]`` the pretrained TFN (list of layer dicts, float64, CPU) of level
+    ``k`` and pair ``s``; ``steps_used`` (K, S) the step at which it was kept.
+    """
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
+        raise ValueError("levels must be a non-empty sequence of numbers >= 1")
+    for c in levels:
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 1 or not math.isfinite(c):
+            raise ValueError(f"every level must be a finite number >= 1, got {c!r}")
+    check_rank(max_steps, 10**9, "max_steps")
+    check_rank(batch, 10**8, "batch")
+    check_rank(n_tokens, 10**6, "n_tokens")
+    _positive(lr, "lr")
+    S = len(targets)
+    if S == 0 or len(frozens) != S:
+        raise ValueError("need one target and one frozen TFN per pair")
+    shape = _check_pair(list(targets[0]), list(frozens[0])) + (len(targets[0]),)
+    for t, f in zip(targets, frozens):
+        if _check_pair(list(t), list(f)) + (len(t),) != shape:
+            raise ValueError("all TFNs must share depth, heads and width")
+    H, D, _ = shape
+    kw = dict(dtype=torch.float64, device="cpu")
+    tgt = _stack_layers(targets, 0, **kw)
+    params = _stack_layers(frozens, 0, **kw)
+    flat = [P.requires_grad_(True) for layer in params for P in layer.values()]
+    lev = torch.tensor([float(c) for c in levels], dtype=torch.float64)
+    K = len(levels)
+
+    def snapshot(s: int) -> list[dict]:
+        return [{k: P[s].detach().clone().reshape(P.shape[-3:] if k in _ATT_KEYS else
+                                                  P.shape[-2:] if k in ("W1", "W2") else P.shape[-1:])
+                 for k, P in layer.items()} for layer in params]
+
+    models = [[snapshot(s) for s in range(S)] for _ in range(K)]
+    used = torch.zeros(K, S, dtype=torch.long)
+    done = (lev == 1)[:, None].expand(K, S).clone()
+    moments = [(torch.zeros_like(P), torch.zeros_like(P)) for P in flat]
+    beta1, beta2 = 0.9, 0.999
+    init = None
+    for step in range(max_steps):
+        if done.all():
+            return models, used
+        X = torch.randn(S, batch, n_tokens, D, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            y = tfn_forward(X, tgt)
+        loss = (tfn_forward(X, params) - y).square().sum(-1).mean((-1, -2))          # (S,)
+        with torch.no_grad():
+            if init is None:
+                init = loss.detach().clone()
+            else:
+                new = ~done & (loss[None] < init[None] / lev[:, None])                   # (K, S)
+                for k, s in new.nonzero().tolist():
+                    models[k][s], used[k, s] = snapshot(s), step
+                done |= new
+        grads = torch.autograd.grad(loss.sum(), flat)
+        with torch.no_grad():
+            for P, G, (m, v) in zip(flat, grads, moments):
+                m.mul_(beta1).add_(G, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(G, G, value=1 - beta2)
+                P.sub_(lr * (m / (1 - beta1 ** (step + 1))) / ((v / (1 - beta2 ** (step + 1))).sqrt() + 1e-8))
+    for k, s in (~done).nonzero().tolist():
+        models[k][s], used[k, s] = snapshot(s), max_steps
+    return models, used

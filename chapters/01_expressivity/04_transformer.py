@@ -198,3 +198,242 @@ lb.claim("the error was still falling in the last phase of the schedule "
 # closes with a larger one (the paper's 5,000 steps, or more) is left to the `paper` scale (25,000 steps of batch
 # 256 in ten phases, a GPU run); its claims say what that budget reaches.
 
+
+# %% [markdown]
+# (ch1-tfn-close)=
+# ## A frozen Transformer close to the target
+#
+# The paper's message for FNNs, that a frozen model closer to the target needs a lower rank, is tested for
+# FNNs on {ref}`ch1-paper-settings`; here is its Transformer counterpart. The construction sees the two models
+# only through the differences of its attention pairs: per layer and head,
+# $E_s = T^{-\top}\bar W_K^\top\bar W_Q T^{-1} - W_K^\top W_Q$ and
+# $E_v = W_1^{-1}\bar W_1\bar W_O\bar W_V T^{-1} - W_O W_V$
+# ({py:func}`lorabook.expressivity.tfn_pair_differences`). Each is a two-factor chain, so rank-$R$ adapters
+# remove $2R$ of its singular directions (Lemma 1 with $L = 2$), and the whole network is exact iff every pair is:
+#
+# $$R_{\text{exact}} = \max_{l,\,h,\,\text{pair}} \big\lceil \operatorname{rank} E/2 \big\rceil
+# \qquad ({py:func}`lorabook.expressivity.tfn_construction_threshold`).$$
+#
+# Two notions of "close" follow. A frozen model *near* the target,
+# $\theta = \bar\theta + t(\theta_{\text{random}} - \bar\theta)$ in every weight and bias
+# ({py:func}`lorabook.expressivity.tfn_between`; $t = 1$ is the random frozen model, a perturbation of
+# controlled size rather than the paper's gradient pretraining), makes every $E$ small but leaves it full-rank: the
+# error at a given rank falls with $t$, the exact threshold stays $\lceil D/2\rceil$. A frozen model that differs
+# from the target by rank-$k$ changes of its attention weights
+# ({py:func}`lorabook.expressivity.tfn_low_rank_frozen`, feed-forward blocks equal) lowers the threshold itself:
+# a rank-$k$ change of *one* factor per pair ($W_Q$ and $W_V$) gives $\operatorname{rank}E = k$ and exactness from
+# $\lceil k/2\rceil$; a rank-$k$ change of *both* factors ($W_Q$, $W_K$, $W_V$, $W_O$) gives
+# $\operatorname{rank}E = \min(2k, D)$ and exactness only from $\min(k, \lceil D/2\rceil)$. The errors below are
+# test MSE relative to the random frozen model's (construction curves by
+# {py:func}`lorabook.expressivity.tfn_construction_curve`).
+
+# %%
+ts = scale.pick(quick=[1.0, 0.1], default=[1.0, 0.3, 0.1, 0.03], paper=[1.0, 0.3, 0.1, 0.03])
+n_c = scale.pick(quick=60, default=100, paper=500)
+c_tol = 1e-2  # "a given error": 1% of the random frozen model's test MSE
+c_cons = np.zeros((len(ts), seeds, D))       # construction error / random frozen error
+c_zero = np.zeros((len(ts), seeds))          # frozen error / random frozen error
+c_pred = np.zeros((len(ts), seeds), dtype=int)
+near = {}
+for j, t in enumerate(ts):
+    for s in range(seeds):
+        near[t, s] = ex.tfn_between(targets[s], frozens[s], t)
+        Xc = X_test[s, :n_c]
+        z_rand = (ex.tfn_forward(Xc, frozens[s]) - ex.tfn_forward(Xc, targets[s])).square()
+        z_rand = z_rand.sum(-1).mean().item()
+        z_t = (ex.tfn_forward(Xc, near[t, s]) - ex.tfn_forward(Xc, targets[s])).square()
+        c_zero[j, s] = z_t.sum(-1).mean().item() / z_rand
+        c_cons[j, s] = ex.tfn_construction_curve(targets[s], near[t, s], Rs, Xc,
+                                                 reference=z_rand).numpy()
+        c_pred[j, s] = ex.tfn_construction_threshold(targets[s], near[t, s])
+c_exact = np.array([[ex.rank_needed(c_cons[j, s] / c_zero[j, s], Rs, ex.EXACT_REL_MSE)
+                     for s in range(seeds)] for j in range(len(ts))])
+c_need = np.array([[ex.rank_needed(c_cons[j, s], Rs, c_tol) for s in range(seeds)]
+                   for j in range(len(ts))])
+print("t:", ts, " frozen error / random frozen error:", c_zero.mean(1).round(3))
+print("rank needed for 1% (construction):", c_need.tolist(), " exact:", c_exact.tolist())
+
+# %% [markdown]
+# The paper's own notion of closeness is a frozen model "pretrained" toward the target. As on
+# {ref}`ch1-paper-settings`, every weight and bias of the random frozen model is trained by Adam on fresh token
+# sequences until its batch loss falls below the initial loss divided by the level (3 is the paper's recipe)
+# ({py:func}`lorabook.expressivity.pretrain_tfn`); the construction is then applied to it as above.
+
+# %%
+p_levels = scale.pick(quick=[3], default=[3, 10], paper=[3, 10])
+p_models, p_used = ex.pretrain_tfn(targets, frozens, levels=p_levels,
+                                   max_steps=scale.pick(quick=100, default=400, paper=2000),
+                                   batch=32, n_tokens=n_tokens, lr=1e-2,
+                                   generator=torch.Generator().manual_seed(16))
+p_cons = np.zeros((len(p_levels), seeds, D))
+p_zero = np.zeros((len(p_levels), seeds))
+for j in range(len(p_levels)):
+    for s in range(seeds):
+        Xc, fp = X_test[s, :n_c], p_models[j][s]
+        y_c = ex.tfn_forward(Xc, targets[s])
+        z_rand = (ex.tfn_forward(Xc, frozens[s]) - y_c).square().sum(-1).mean().item()
+        p_zero[j, s] = (ex.tfn_forward(Xc, fp) - y_c).square().sum(-1).mean().item() / z_rand
+        p_cons[j, s] = ex.tfn_construction_curve(targets[s], fp, Rs, Xc,
+                                                 reference=z_rand).numpy()
+p_exact = np.array([[ex.rank_needed(p_cons[j, s] / p_zero[j, s], Rs, ex.EXACT_REL_MSE)
+                     for s in range(seeds)] for j in range(len(p_levels))])
+p_need = np.array([[ex.rank_needed(p_cons[j, s], Rs, c_tol) for s in range(seeds)]
+                   for j in range(len(p_levels))])
+print("pretrained, levels", p_levels, "steps used", p_used.tolist(),
+      " frozen error / random frozen error:", p_zero.mean(1).round(3))
+print("rank needed for 1% (construction):", p_need.tolist(), " exact:", p_exact.tolist())
+
+# %% [markdown]
+# Frozen models with rank-$k$ changes of one factor per pair and of both factors, same targets (ranks
+# $1..\lceil D/2\rceil + 1$: from $\lceil D/2\rceil$ on every pair is matched exactly whatever $k$).
+
+# %%
+ks = scale.pick(quick=[2, 5, 16], default=[1, 2, 5, 9, 12], paper=[1, 2, 3, 5, 8, 12, 16])
+k_seeds = scale.pick(quick=1, default=2, paper=seeds)
+k_gen = torch.Generator().manual_seed(14)
+k_sets = {"one factor": ("Q", "V"), "both factors": ("Q", "K", "V", "O")}
+Rs_k = list(range(1, thr + 2))   # above ceil(D/2) + 1 every pair is already matched exactly
+k_need = {name: np.zeros((len(ks), k_seeds), dtype=int) for name in k_sets}
+k_pred = {name: np.zeros((len(ks), k_seeds), dtype=int) for name in k_sets}
+for name, factors in k_sets.items():
+    for j, k in enumerate(ks):
+        for s in range(k_seeds):
+            fk = ex.tfn_low_rank_frozen(targets[s], k, k_gen, factors=factors)
+            rel = ex.tfn_construction_curve(targets[s], fk, Rs_k, X_test[s, :n_c]).numpy()
+            k_need[name][j, s] = ex.rank_needed(rel, Rs_k, ex.EXACT_REL_MSE)
+            k_pred[name][j, s] = ex.tfn_construction_threshold(targets[s], fk)
+k_half = np.array([math.ceil(k / 2) for k in ks])
+k_both = np.array([min(k, thr) for k in ks])
+for name in k_sets:
+    print(f"{name}: k = {ks} -> measured thresholds {k_need[name].tolist()}")
+print("ceil(k/2):", k_half.tolist(), " min(k, ceil(D/2)):", k_both.tolist())
+
+# %% [markdown]
+# Gradient LoRA on the random frozen model, on a near one and on a pretrained one (same protocol as above: the same parameters,
+# float64 Adam, fresh token sequences; one learning rate, a shorter budget).
+
+# %%
+c_ranks = scale.pick(quick=[2, 8], default=[2, 4, 8], paper=[2, 4, 8, 12])
+c_t = ts[2] if len(ts) > 2 else ts[-1]        # t = 0.1
+c_steps = scale.pick(quick=30, default=100, paper=5000)
+c_seeds = min(seeds, 2)
+near_list = [near[c_t, s] for s in range(c_seeds)]
+pre_list = [p_models[-1][s] for s in range(c_seeds)]          # pretrained, last level
+_, c_curve = ex.train_tfn_lora(
+    targets[:c_seeds] * 3, frozens[:c_seeds] + near_list + pre_list,
+    [dict(rank=int(R), lr=1e-2) for R in c_ranks], steps=c_steps, batch=16, n_tokens=n_tokens,
+    generator=torch.Generator().manual_seed(15), dtype=torch.float64, train_ffn=True,
+    eval_X=X_test[:c_seeds, :n_c].repeat(3, 1, 1, 1), device=lb.device())
+c_rand_err = np.array([
+    (ex.tfn_forward(X_test[s, :n_c], frozens[s]) - ex.tfn_forward(X_test[s, :n_c], targets[s]))
+    .square().sum(-1).mean().item() for s in range(c_seeds)])
+c_grad = c_curve[-1].cpu().numpy().reshape(3, c_seeds, -1) / c_rand_err[None, :, None]
+c_gain = np.median(c_grad[1], 0) / np.median(c_grad[0], 0)       # near / random, per rank
+p_gain = np.median(c_grad[2], 0) / np.median(c_grad[0], 0)       # pretrained / random
+print(f"gradient ({c_steps} steps), median error / random frozen error: random",
+      np.median(c_grad[0], 0).round(4), f" t = {c_t}", np.median(c_grad[1], 0).round(4),
+      f" pretrained (level {p_levels[-1]})", np.median(c_grad[2], 0).round(4))
+
+# %% [markdown]
+# Left: the construction's error against rank, one line per distance $t$ (median and range over seeds).
+# Middle: the exact threshold against the rank $k$ of the change, measured, with the two derived lines. Right:
+# the rank needed against closeness (the frozen model's error relative to the random one's).
+
+# %%
+fig, axes = plotting.subplots(3, width=3.6)
+palette = ["#444444", "#d95f02", "#1b9e77", "#7570b3"]
+for j, t in enumerate(ts):
+    plotting.band(axes[0], Rs, c_cons[j] + 1e-30, label=f"t = {t}", color=palette[j])
+axes[0].axhline(c_tol, color="k", linewidth=1, linestyle=":")
+plotting.mark_threshold(axes[0], thr, label=r"$\lceil D/2\rceil$")
+axes[0].set(yscale="log", ylim=(1e-5, 2), xlabel="LoRA rank $R$",
+            ylabel="test MSE / random frozen MSE", title="construction, near frozen models")
+axes[0].legend(fontsize=7)
+axes[1].plot(ks, k_half, "-", color=plotting.COLORS["theory"], label=r"$\lceil k/2\rceil$")
+axes[1].plot(ks, k_both, "--", color=plotting.COLORS["theory"],
+             label=r"$\min(k, \lceil D/2\rceil)$")
+for (name, m), color in zip(k_need.items(), (plotting.COLORS["construction"], "#7570b3")):
+    axes[1].plot(ks, np.median(m, 1), "o", color=color, label=f"measured, {name}")
+axes[1].set(xlabel="rank $k$ of each change", ylabel="exact from rank",
+            title="rank-$k$ frozen models")
+axes[1].legend(fontsize=7)
+cl = c_zero.mean(1)
+axes[2].plot(cl, np.median(c_exact, 1), "s-", color=plotting.COLORS["theory"], label="exact")
+axes[2].plot(cl, np.median(c_need, 1), "o-", color=plotting.COLORS["construction"],
+             label="1% of random frozen error")
+axes[2].plot(p_zero.mean(1), np.median(p_need, 1), "^", color=plotting.COLORS["lora"],
+             label="1%, pretrained frozen model")
+axes[2].plot(p_zero.mean(1), np.median(p_exact, 1), "^", color=plotting.COLORS["theory"],
+             label="exact, pretrained")
+axes[2].set(xscale="log", xlabel="frozen MSE / random frozen MSE", ylabel="rank needed",
+            title="construction: rank needed vs closeness")
+axes[2].legend(fontsize=7)
+fig.tight_layout()
+
+# %% [markdown]
+# The checks. Exactness uses the book's criterion (`EXACT_REL_MSE`, relative to the frozen model's own error).
+# The controls (in `tests/test_controls_ch1d.py`) run the same checks where the hypothesis fails: the
+# "threshold stays at $\lceil D/2\rceil$" check on a frozen model whose difference has low rank, and the
+# $\lceil k/2\rceil$ check on changes of both factors of a pair (the difference then has rank $2k$).
+
+# %% tags=["nbval-check-output"]
+label_c = "Zeng & Lee, Transformer networks"
+ctl_c = "test_controls_ch1d.py::"
+lb.claim("a frozen Transformer near the target (every weight moved by t, or pretrained "
+         "toward it) keeps full-rank pair differences: exact from ceil(D/2) at every t, level "
+         "and seed (largest |measured - ceil(D/2)|)",
+         int(max(np.abs(c_exact - thr).max(), np.abs(p_exact - thr).max())), "==", 0,
+         kind="theorem",
+         label=label_c + " (frozen model near the target)",
+         control=ctl_c + "test_near_threshold_check_fails_for_a_low_rank_difference",
+         ts=ts, closeness=[float(v) for v in c_zero.mean(1)], levels=p_levels,
+         closeness_pretrained=[float(v) for v in p_zero.mean(1)])
+lb.claim("a rank-k change of one factor per attention pair is matched exactly from "
+         "R = ceil(k/2) (largest |measured - ceil(k/2)| over k and seeds)",
+         int(np.abs(k_need["one factor"] - k_half[:, None]).max()), "==", 0, kind="theorem",
+         label=label_c + " (rank of the difference)",
+         control=ctl_c + "test_half_k_check_fails_when_both_factors_change", ks=ks)
+lb.claim("rank-k changes of both factors are matched exactly from min(k, ceil(D/2)), not "
+         "ceil(k/2) (largest |measured - min(k, ceil(D/2))|)",
+         int(np.abs(k_need["both factors"] - k_both[:, None]).max()), "==", 0, kind="sanity")
+lb.claim("every measured threshold equals the one derived from the ranks of the pair "
+         "differences (largest |measured - derived| over all frozen models)",
+         int(max(np.abs(c_exact - c_pred).max(),
+                 *(np.abs(k_need[n] - k_pred[n]).max() for n in k_sets))), "==", 0,
+         kind="sanity")
+lb.claim("the rank the construction needs for 1% of the random frozen error falls with "
+         "closeness (median at the nearest t / median at t = 1)",
+         float(np.median(c_need[-1]) / np.median(c_need[0])), "<", 1.0, kind="sanity",
+         need_by_t=[float(np.median(v)) for v in c_need])
+lb.claim("pretraining does not lower the rank the construction needs for 1% of the random "
+         "frozen error (median at the last level / median for the random model)",
+         float(np.median(p_need[-1]) / np.median(c_need[0])), ">=", 1.0, kind="sanity",
+         need_by_level=[float(np.median(v)) for v in p_need],
+         closeness=[float(v) for v in p_zero.mean(1)])
+lb.claim(f"gradient LoRA: the near frozen model (t = {c_t}) has a lower error than the random "
+         "one at every rank (largest ratio of medians)", float(c_gain.max()), "<", 1.0,
+         kind="sanity", ranks=c_ranks)
+lb.claim(f"gradient LoRA: the pretrained frozen model (level {p_levels[-1]}) has a lower "
+         "error than the random one at every rank (largest ratio of medians)",
+         float(p_gain.max()), "<", 1.0, kind="sanity", ranks=c_ranks, steps=c_steps)
+
+# %% [markdown]
+# As for FNNs, a frozen Transformer that is near the target in its *weights* (smaller differences in every
+# weight) needs a lower rank for a given error, by construction and, within our short budget, for gradient LoRA
+# at every rank trained; it does not lower the rank of an exact match, which stays $\lceil D/2\rceil$ because
+# every pair difference keeps full rank. A frozen model pretrained toward the target's *function* behaves
+# differently from the FNN case: at the paper's level (a third of the initial error) and at a tenth, its error is
+# as low as that of the weight-near models, yet the construction needs the same rank for 1 % of the random frozen
+# error as on the random model. The construction matches weight products through the maps $W_1^{-1}\bar W_1$ and
+# $T_l$, and gradient pretraining reduces the output error without shrinking the tail singular values of those
+# pair differences (our reading of the measurement; we did not test it separately). So for Transformers the
+# rank the *construction* needs depends on closeness of the weights, not of the outputs. Gradient LoRA, within
+# our short budget (100 steps at `default`), does reach a lower error from the pretrained frozen model than from
+# the random one at every rank trained, but by much less than from the weight-near model (at `default` about
+# 0.15 against 0.18 and 0.04 of the random frozen error), and barely below the pretrained model's own error;
+# whether a longer budget lowers the rank it needs is left open.
+#
+# What lowers the exact threshold is the rank of the pair differences: a rank-$k$ change
+# of one factor per pair is matched exactly from $\lceil k/2\rceil$ and not below, while rank-$k$ changes of both
+# factors of a pair need $\min(k, \lceil D/2\rceil)$, so "the attention weights differ by rank $k$" alone does not
+# give $\lceil k/2\rceil$.

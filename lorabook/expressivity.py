@@ -29,6 +29,9 @@ Public API
 * :func:`partition_construction`, :func:`partition_threshold`, :func:`close_in_rank`, :func:`rank_needed`,
   :func:`construction_curve` — general partitions and the rank a construction needs.
 * :func:`random_linear_pair`, :func:`linear_rank_needed` — the random-model results as a computed check.
+* :func:`tfn_between`, :func:`tfn_low_rank_frozen`, :func:`tfn_pair_differences`,
+  :func:`tfn_construction_threshold`, :func:`tfn_construction_curve`, :func:`pretrain_tfn` — frozen Transformers
+  near the target, pretrained towards it, or differing from it by a rank-k change.
 """
 from __future__ import annotations
 

@@ -211,6 +211,15 @@ def test_reduced_rank_regression_validation_and_atol():
     Z = tr.reduced_rank_regression(Y, Xs, 2, atol=1e-6)
     assert torch.allclose(Z, Y @ torch.linalg.pinv(Xs), rtol=1e-9)          # a relative cut-off would keep them too
     assert torch.equal(tr.reduced_rank_regression(Y, Xs, 2, atol=1.0), torch.zeros(3, 2, dtype=F64))
+    # atol = 0 means no cut-off at all: a singular value 1e-17 times the largest is inverted (torch's relative
+    # default would drop it)
+    Xd = torch.diag(torch.tensor([1.0, 1e-17], dtype=F64))
+    Yd = torch.tensor([[1.0, 1.0]], dtype=F64)
+    assert torch.allclose(tr.reduced_rank_regression(Yd, Xd, 1, atol=0.0), torch.tensor([[0.0, 1e17]], dtype=F64))
+    # batched: (S, p, q) and (S, s, q) with q different from s
+    Yb, Xb = torch.randn(2, 3, 4, generator=gen(2), dtype=F64), torch.randn(2, 2, 4, generator=gen(3), dtype=F64)
+    Zb = tr.reduced_rank_regression(Yb, Xb, 2)
+    assert torch.allclose(Zb[1], Yb[1] @ torch.linalg.pinv(Xb[1]), atol=1e-12)
     # wide Y P_X (q > p): the reduced SVD shapes work for rank < p
     Z1 = tr.reduced_rank_regression(Y, X, 1)
     assert Z1.shape == (3, 2)
@@ -226,6 +235,8 @@ def test_slides_estimate_keeps_dtype_and_subspace_messages():
     with pytest.raises(ValueError, match=r"^W1 must be wide \(k1 ≤ d\), got shape \(3, 2\)"):
         tr.true_row_space(torch.zeros(3, 2, dtype=F64))
     tr.true_row_space(torch.eye(3, dtype=F64))                               # square is fine
+    with pytest.raises(ValueError, match=r"^W1 must be wide"):
+        tr.true_row_space(torch.zeros(2, 5, 3, dtype=F64))                   # batched tall
     with pytest.raises(ValueError, match=r"^V1 and V2 must have the same shape"):
         tr.subspace_distance(V, V[:, :1])
     with pytest.raises(ValueError, match=re.escape("Z_hat and Z must have the same shape, got (2, 5) and (2, 4)")):
@@ -386,6 +397,13 @@ def test_refine_single_layer_and_validation():
     Z0 = tr.slides_estimate(t.M[0], V, 1)
     Z = tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "linear", iters=30)
     assert torch.allclose(Z, t.Z, atol=1e-8)                                 # noiseless linear: exact
+    # one tanh layer: no activation after the last (only) layer
+    tt = tr.random_teacher(2, 5, [2], 1, activation="tanh", noise=0.1, generator=gen(4))
+    xt, yt = tr.sample(tt, 30, generator=gen(5))
+    Vt = tr.true_row_space(tt.W1)
+    Z0t = tr.slides_estimate(tt.M[0], Vt, 1)
+    assert torch.allclose(tr.refine_in_row_space(xt, yt, tt.M, Vt, Z0t, 1, "tanh", iters=2),
+                          _lm_steps(xt, yt, tt.M, Vt, Z0t, 1, "tanh", 2, 1e-3), atol=1e-9)
     with pytest.raises(ValueError, match=re.escape("y must have shape (2, 30, m), got (2, 29, 2)")):
         tr.refine_in_row_space(x, torch.zeros(2, 29, 2, dtype=F64), t.M, V, Z0, 1)
     for bad in (dict(Z0=Z0[:, :1]), dict(V=V[:, :4]), dict(M=[t.M[0][:, :1]])):

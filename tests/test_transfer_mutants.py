@@ -378,16 +378,40 @@ def test_refine_rejects_a_step_that_increases_the_loss():
 
 
 def test_refine_default_iterations_and_stopping():
+    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
+    x, y = tr.sample(t, 40, generator=gen(13))
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    Zd = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh")
+    assert torch.allclose(Zd, tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=10), atol=0)
+    assert not torch.allclose(Zd, tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=11), atol=1e-6)
+    # converged: more iterations return the same tensor (the loop stops), and a value is returned
     t = small_teacher(activation="softplus", widths=(2, 3, 1), d=5, rank=1, seeds=2, noise=0.5)
     x, y = tr.sample(t, 30, generator=gen(13))
     V = tr.true_row_space(t.W1)
     Z0 = tr.slides_estimate(t.M[0], V, 1)
-    Zd = tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "softplus")
-    assert torch.allclose(Zd, _lm_steps(x, y, t.M, V, Z0, 1, "softplus", 10, 1e-3), atol=1e-9)
-    # converged: more iterations return the same tensor (the loop stops), and a value is returned
     Z100 = tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "softplus", iters=200)
     assert Z100 is not None
     assert torch.equal(Z100, tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "softplus", iters=400))
+
+
+def test_float32_inputs_stay_float32():
+    """The book's tests run with float64 as torch's default dtype: float32 inputs show that every internal
+    tensor takes the inputs' dtype (a tensor created with the default dtype would mix precisions)."""
+    f32 = torch.float32
+    t = tr.random_teacher(2, 5, [2, 3, 2], 1, activation="tanh", generator=gen(1), dtype=f32)
+    assert all(m.dtype == f32 for m in t.M) and t.Z.dtype == f32
+    x, y = tr.sample(t, 40, generator=gen(2), cov=torch.eye(5, dtype=F64))
+    assert x.dtype == f32 and y.dtype == f32
+    g1, g2 = gen(3), gen(3)
+    x1, _ = tr.sample(t, 4, generator=g1, noise=False)
+    assert torch.equal(x1, torch.randn(2, 4, 5, generator=g2, dtype=f32))
+    V = tr.true_row_space(t.W1)
+    assert V.dtype == f32
+    Z0 = tr.slides_estimate(t.M[0].double(), V.double(), 1).float()
+    assert tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=2).dtype == f32
+    for bs in (None, 8):
+        assert tr.fit_lora_first_layer(x, y, t.M, 1, [1e-2], 2, activation="tanh", batch_size=bs).dtype == f32
 
 
 def test_refine_single_layer_and_validation():

@@ -406,9 +406,9 @@ def test_float32_inputs_stay_float32():
     g1, g2 = gen(3), gen(3)
     x1, _ = tr.sample(t, 4, generator=g1, noise=False)
     assert torch.equal(x1, torch.randn(2, 4, 5, generator=g2, dtype=f32))
-    V = tr.true_row_space(t.W1)
-    assert V.dtype == f32
-    Z0 = tr.slides_estimate(t.M[0].double(), V.double(), 1).float()
+    assert tr.true_row_space(t.W1).dtype == f32
+    V64 = tr.true_row_space(t.W1.double())                 # slides_estimate checks VᵀV = I to 1e-8: float64
+    Z0, V = tr.slides_estimate(t.M[0].double(), V64, 1).float(), V64.float()
     assert tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=2).dtype == f32
     for bs in (None, 8):
         assert tr.fit_lora_first_layer(x, y, t.M, 1, [1e-2], 2, activation="tanh", batch_size=bs).dtype == f32

@@ -481,9 +481,8 @@ def uniform_inputs(shape: Sequence[int], generator: torch.Generator, *, low: flo
     return (low + (high - low) * u).to(dtype=dtype, device=device)
 
 
-def _fnn_setup(frozen_w, frozen_b, target_w, target_b, configs, *, batch, generator, relu, low, high, dtype,
-               device) -> types.SimpleNamespace:
-    """Validate a batched adapter-training problem and draw its initial adapters; return its tensors and sizes."""
+def _check_fnn_pair(frozen_w, frozen_b, target_w, target_b) -> tuple[int, int, int]:
+    """Validate a batch of frozen and target FNNs; return ``(S, L, D)``."""
     for name, T, nd in (("frozen_w", frozen_w, 4), ("frozen_b", frozen_b, 3), ("target_w", target_w, 4),
                         ("target_b", target_b, 3)):
         if not isinstance(T, torch.Tensor) or T.dim() != nd or not torch.isfinite(T).all():
@@ -493,6 +492,13 @@ def _fnn_setup(frozen_w, frozen_b, target_w, target_b, configs, *, batch, genera
             or target_b.shape != target_w.shape[:3]:
         raise ValueError("shapes must be frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), "
                          "target_b (S, L̄, D)")
+    return S, L, D
+
+
+def _fnn_setup(frozen_w, frozen_b, target_w, target_b, configs, *, batch, generator, relu, low, high, dtype,
+               device) -> types.SimpleNamespace:
+    """Validate a batched adapter-training problem and draw its initial adapters; return its tensors and sizes."""
+    S, L, D = _check_fnn_pair(frozen_w, frozen_b, target_w, target_b)
     if not configs:
         raise ValueError("configs must be a non-empty list of dicts")
     C = len(configs)
@@ -1205,6 +1211,17 @@ def _check_ffn(layers: Sequence[dict], name: str, D: int) -> None:
                 raise ValueError(f"{name}[{l}]['{k}'] must be finite with shape {shape}")
 
 
+def _check_tfn_invertible(target, frozen) -> None:
+    """The construction inverts the frozen ``W1`` of every layer and the frozen and target ``W2`` before the last:
+    raise a ``ValueError`` naming the first singular one."""
+    L = len(target)
+    for l, (t, f) in enumerate(zip(target, frozen), start=1):
+        _check_nonsingular(f["W1"], f"frozen W1 of layer {l}")
+        if l < L:
+            _check_nonsingular(f["W2"], f"frozen W2 of layer {l}")
+            _check_nonsingular(t["W2"], f"target W2 of layer {l}")
+
+
 def tfn_full_construction(target: Sequence[dict], frozen: Sequence[dict], rank: int) -> list[dict]:
     """Adapters that make a frozen TFN equal a target TFN differing in every weight (Zeng & Lee's TFN theorem).
 
@@ -1242,11 +1259,7 @@ def tfn_full_construction(target: Sequence[dict], frozen: Sequence[dict], rank: 
     _check_ffn(frozen, "frozen", D)
     check_rank(rank, D, "rank")
     L = len(target)
-    for l, (t, f) in enumerate(zip(target, frozen), start=1):
-        _check_nonsingular(f["W1"], f"frozen W1 of layer {l}")
-        if l < L:
-            _check_nonsingular(f["W2"], f"frozen W2 of layer {l}")
-            _check_nonsingular(t["W2"], f"target W2 of layer {l}")
+    _check_tfn_invertible(target, frozen)
     T = torch.eye(D, dtype=target[0]["Q"].dtype, device=target[0]["Q"].device)
     out = []
     for l, (t, f) in enumerate(zip(target, frozen), start=1):
@@ -1381,15 +1394,7 @@ def train_lora_gaussian(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w
     -------
     ``(weights (S, C, L, D, D), biases (S, C, L, D))`` of the adapted models (``dtype``, on ``device``).
     """
-    for name, T, nd in (("frozen_w", frozen_w, 4), ("frozen_b", frozen_b, 3), ("target_w", target_w, 4),
-                        ("target_b", target_b, 3)):
-        if not isinstance(T, torch.Tensor) or T.dim() != nd or not torch.isfinite(T).all():
-            raise ValueError(f"{name} must be a finite tensor with {nd} dimensions")
-    S, L, D, _ = frozen_w.shape
-    if frozen_b.shape != (S, L, D) or target_w.shape[0] != S or target_w.shape[2:] != (D, D) \
-            or target_b.shape != target_w.shape[:3]:
-        raise ValueError("shapes must be frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), "
-                         "target_b (S, L̄, D)")
+    S, L, D = _check_fnn_pair(frozen_w, frozen_b, target_w, target_b)
     ranks = list(ranks)
     if not ranks:
         raise ValueError("ranks must be a non-empty list")
@@ -1437,6 +1442,17 @@ def train_lora_gaussian(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w
     return W.detach(), b.detach()
 
 
+def _check_pretrain_schedule(levels, max_steps, batch) -> None:
+    """Validate the closeness levels (numbers ``>= 1``), the step budget and the batch size of a pretraining."""
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
+        raise ValueError("levels must be a non-empty sequence of numbers >= 1")
+    for c in levels:
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 1 or not math.isfinite(c):
+            raise ValueError(f"every level must be a finite number >= 1, got {c!r}")
+    check_rank(max_steps, 10**9, "max_steps")
+    check_rank(batch, 10**8, "batch")
+
+
 def pretrain_frozen(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
                     target_b: torch.Tensor, *, levels: Sequence[float], max_steps: int, batch: int, lr: float,
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1455,13 +1471,7 @@ def pretrain_frozen(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: to
     -------
     ``(frozen_w (K, S, L, D, D), frozen_b (K, S, L, D), steps_used (K, S))`` (float64, CPU).
     """
-    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
-        raise ValueError("levels must be a non-empty sequence of numbers >= 1")
-    for c in levels:
-        if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 1 or not math.isfinite(c):
-            raise ValueError(f"every level must be a finite number >= 1, got {c!r}")
-    check_rank(max_steps, 10**9, "max_steps")
-    check_rank(batch, 10**8, "batch")
+    _check_pretrain_schedule(levels, max_steps, batch)
     _positive(lr, "lr")
     if frozen_w.dim() != 4 or frozen_b.shape != frozen_w.shape[:3] or target_w.dim() != 4 \
             or target_b.shape != target_w.shape[:3] or target_w.shape[0] != frozen_w.shape[0] \
@@ -1821,11 +1831,7 @@ def tfn_pair_differences(target: Sequence[dict], frozen: Sequence[dict]) -> torc
     """
     H, D = _check_pair(target, frozen)
     L = len(target)
-    for l, (t, f) in enumerate(zip(target, frozen), start=1):
-        _check_nonsingular(f["W1"], f"frozen W1 of layer {l}")
-        if l < L:
-            _check_nonsingular(f["W2"], f"frozen W2 of layer {l}")
-            _check_nonsingular(t["W2"], f"target W2 of layer {l}")
+    _check_tfn_invertible(target, frozen)
     T = torch.eye(D, dtype=target[0]["Q"].dtype, device=target[0]["Q"].device)
     out = torch.zeros(L, H, 2, D, dtype=torch.float64)
     for l, (t, f) in enumerate(zip(target, frozen)):
@@ -1931,13 +1937,7 @@ def pretrain_tfn(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence[d
     ``(models, steps_used)``: ``models[k][s]`` the pretrained TFN (list of layer dicts, float64, CPU) of level
     ``k`` and pair ``s``; ``steps_used`` (K, S) the step at which it was kept.
     """
-    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence) or not levels:
-        raise ValueError("levels must be a non-empty sequence of numbers >= 1")
-    for c in levels:
-        if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 1 or not math.isfinite(c):
-            raise ValueError(f"every level must be a finite number >= 1, got {c!r}")
-    check_rank(max_steps, 10**9, "max_steps")
-    check_rank(batch, 10**8, "batch")
+    _check_pretrain_schedule(levels, max_steps, batch)
     check_rank(n_tokens, 10**6, "n_tokens")
     _positive(lr, "lr")
     S = len(targets)

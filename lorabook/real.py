@@ -180,7 +180,8 @@ def load_lora_into_peft(lora: LoRALinear, layer: nn.Module, adapter: str = "defa
 
 def embed(model: nn.Module, texts: Sequence[str], *, max_length: int = 64, batch_size: int = 64,
           grad: bool = False) -> torch.Tensor:
-    """Mean-pooled MiniLM embeddings of ``texts``, padded per batch (dynamic padding): ``n texts -> (n, 384)``.
+    """Mean-pooled MiniLM embeddings of ``texts``, padded per batch (dynamic padding): ``n texts -> (n, 384)``,
+    on the device of ``model``'s parameters (the batches are moved there).
 
     ``model`` is MiniLM or a ``peft`` wrapper of it. With ``grad=False`` (default) no graph is kept.
     """
@@ -192,6 +193,7 @@ def embed(model: nn.Module, texts: Sequence[str], *, max_length: int = 64, batch
         raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    dev = next(model.parameters()).device
     tok = load_minilm()[0]
     texts = list(texts)
     # without gradients, batch texts of similar length together (less padding), then restore the order
@@ -200,11 +202,10 @@ def embed(model: nn.Module, texts: Sequence[str], *, max_length: int = 64, batch
     with torch.set_grad_enabled(grad):
         for i in range(0, len(texts), batch_size):
             b = tok([texts[j] for j in order[i:i + batch_size]], padding=True, truncation=True,
-                    max_length=max_length, return_tensors="pt")
+                    max_length=max_length, return_tensors="pt").to(dev)
             h = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
             out.append(mean_pool(h, b["attention_mask"]))
-    emb = torch.cat(out)
-    return emb[torch.as_tensor(np.argsort(order))]
+    return torch.cat(out)[torch.as_tensor(np.argsort(order), device=dev)]
 
 
 def head_logits(model: nn.Module, texts: Sequence[str], directions: torch.Tensor, temperature: float = 0.05,
@@ -653,26 +654,8 @@ def _scores(logits: torch.Tensor, labels: np.ndarray) -> dict:
 
 def embed_on(model: nn.Module, texts: Sequence[str], *, max_length: int = 64, batch_size: int = 64,
              grad: bool = False) -> torch.Tensor:
-    """:func:`embed` on the device of ``model``'s parameters (the batches are moved there): ``n texts ->
-    (n, 384)`` on that device. Dynamic padding; without gradients, texts of similar length are batched together."""
-    from .data import load_minilm, mean_pool
-
-    if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ValueError("texts must be a non-empty list of strings")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an integer >= 2, got {max_length!r}")
-    dev = next(model.parameters()).device
-    tok = load_minilm()[0]
-    texts = list(texts)
-    order = np.argsort([len(t) for t in texts], kind="stable") if not grad else np.arange(len(texts))
-    out = []
-    with torch.set_grad_enabled(grad):
-        for i in range(0, len(texts), batch_size):
-            b = tok([texts[j] for j in order[i:i + batch_size]], padding=True, truncation=True,
-                    max_length=max_length, return_tensors="pt").to(dev)
-            h = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-            out.append(mean_pool(h, b["attention_mask"]))
-    return torch.cat(out)[torch.as_tensor(np.argsort(order), device=dev)]
+    """:func:`embed` (which works on the device of ``model``'s parameters): ``n texts -> (n, 384)``."""
+    return embed(model, texts, max_length=max_length, batch_size=batch_size, grad=grad)
 
 
 @lru_cache(maxsize=4)

@@ -1108,14 +1108,17 @@ def second_order(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor,
                  perturbation: torch.Tensor | None = None) -> SecondOrder:
     """Gradient, full Hessian spectrum and the convex optimality ratio of the LoRA objective at ``(B, A)``.
 
+    The Hessian is formed exactly with ``torch.func.hessian`` (``P(m+n)r`` unknowns, fine up to a few hundred).
+
     Parameters
     ----------
     B, A : ``(P, m, r)`` and ``(P, n, r)`` LoRA factors of one run (for :func:`lora_gd`'s output take
         ``res.B[s, ..., :r]``, ``res.A[s, ..., :r]``).
     perturbation : optional ``(m+n, m+n)`` PSD matrix of the perturbed objective.
 
-    The Hessian is formed exactly with ``torch.func.hessian`` (``P(m+n)r`` unknowns, fine up to a few hundred).
-    Returns a :class:`SecondOrder`.
+    Returns
+    -------
+    A :class:`SecondOrder`.
     """
     from torch.func import hessian
 

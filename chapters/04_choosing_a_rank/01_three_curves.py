@@ -33,7 +33,7 @@
 # come from one forward and one backward pass (`lorabook.rank_choice.reduced_jacobian`).
 #
 # The weight decay is $\lambda = 0.3\,\lambda_{\max}$, where $\lambda_{\max}$ is the smallest $\lambda$ for which the
-# pretrained model is already optimal — our choice (chapter 2 uses $0.05\,\lambda_{\max}$ with Adam), strong
+# pretrained model is already optimal — our choice (chapter 2 chooses its λ on a dev split), strong
 # enough for plain gradient descent to get within a relative gap of $10^{-3}$ of the optimum within our step budget
 # (the `paper` scale asks for $10^{-5}$ with 5× more steps).
 # Convergence is slowest where the optimum's dual margin $\lambda - \sigma_2(\nabla\hat L(\delta^\star))$ is small.

@@ -536,3 +536,18 @@ def test_fit_lora_validation_boundaries():
     for M in ([], t.M[0], [t.M[0][:1]] + t.M[1:], [t.M[0][..., :3]] + t.M[1:], [t.M[0][:1], t.M[1]]):
         with pytest.raises(ValueError, match=msg):
             fit(M=M)
+
+
+def test_orthonormality_check_follows_the_precision():
+    """An orthonormal basis rounded to float32 passes; one off by 1e-2 fails, in float32 and float64."""
+    from lorabook import transfer as tr
+
+    g = torch.Generator().manual_seed(0)
+    M1 = torch.randn(3, 32, generator=g, dtype=torch.float64)
+    V = torch.linalg.qr(torch.randn(32, 3, generator=g, dtype=torch.float64))[0]
+    for dtype in (torch.float32, torch.float64):
+        tr.slides_estimate(M1.to(dtype), V.to(dtype), 1)
+        with pytest.raises(ValueError, match="orthonormal"):
+            tr.slides_estimate(M1.to(dtype), (V * 1.01).to(dtype), 1)
+    with pytest.raises(ValueError, match="orthonormal"):
+        tr.slides_estimate(M1, V + 1e-6, 1)   # float64 keeps its tolerance of 1e-8

@@ -406,15 +406,14 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
 
 @torch.no_grad()
 def _top_scores(model, hidden, mask, labels, dirs, T, start, batch_size=16) -> dict:
-    from .data import balanced_accuracy, zero_shot_logits
+    from .data import zero_shot_logits
 
     # batches of similar length: little padding; small batches measured fastest on one CPU thread
     order = torch.argsort(mask.sum(1), stable=True)
     logits = torch.cat([zero_shot_logits(pooled_from_states(model, hidden[idx], mask[idx], start), dirs, T)
                         for idx in order.split(batch_size)])
     y = torch.as_tensor(labels)[order]
-    return {"bacc": balanced_accuracy(logits, y), "loss": float(nn.functional.cross_entropy(logits, y)),
-            "err": float((logits.argmax(1) != y).double().mean())}
+    return {**_scores(logits, y), "err": float((logits.argmax(1) != y).double().mean())}
 
 
 @lru_cache(maxsize=4)
@@ -552,8 +551,6 @@ def top_run(config: dict) -> dict:
 
 
 # --- pretrained vs random models and the NTK regime ---
-
-from functools import lru_cache  # noqa: E402  (kept in this block)
 
 def minilm_random(seed: int) -> nn.Module:
     """MiniLM's architecture with random weights: ``transformers``' ``AutoModel.from_config`` on the config of the
@@ -1015,6 +1012,8 @@ def jvp_logit(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, direct
     Returns ``(n,)``. An independent computation of ``⟨G(x), Δ⟩`` in :func:`linearised_logit`."""
     from torch.func import functional_call, jvp
 
+    from .data import attention_bias
+
     params = {k: v.detach() for k, v in layer.named_parameters()}
     keys = {name: f"attention.self.{name}.weight" for name in deltas}
     for name, key in keys.items():
@@ -1023,7 +1022,7 @@ def jvp_logit(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, direct
 
     def f(*ws):
         p = dict(params, **{keys[n]: w for n, w in zip(deltas, ws)})
-        return functional_call(layer, p, (hidden,), {"attention_mask": _bias(mask, hidden.dtype)})
+        return functional_call(layer, p, (hidden,), {"attention_mask": attention_bias(mask, hidden.dtype)})
 
     def logit(*ws):
         from .data import mean_pool, zero_shot_logits
@@ -1038,12 +1037,6 @@ def jvp_logit(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, direct
 
     with sdpa_kernel([SDPBackend.MATH]):  # the fused CPU attention kernel has no forward-mode derivative
         return jvp(logit, primals, tuple(deltas[n].detach() for n in deltas))[1]
-
-
-def _bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    from .data import attention_bias
-
-    return attention_bias(mask, dtype)
 
 
 def hidden_before(texts: Sequence[str], layer: int, *, max_length: int = 32, batch_size: int = 64

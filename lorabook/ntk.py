@@ -21,7 +21,7 @@ LoRA ``δ_p = B_p A_pᵀ`` with weight decay ``λ/2 (‖A‖_F² + ‖B‖_F²)`
 * :func:`reduce_rank` — the constructive rank reduction behind Theorem 3.1;
 * :func:`lora_gd` — LoRA gradient descent with weight decay (optionally ε-perturbed, Theorem 4.1), batched
   over initialisations and ranks; :func:`train_actual_lora` — the same on the real (non-linearised) model;
-* :class:`MiniLMHead` — MiniLM's last layer with the prompt-style zero-shot logit;
+* :class:`MiniLMHead` — MiniLM's top layers (the last one by default) with the prompt-style zero-shot logit;
 * :func:`rademacher_bound` — the nuclear-norm-ball generalisation bound behind Theorem 5.1.
 * :func:`second_order`, :func:`lora_objective`, :func:`pad_zero_column` — exact Hessians of the LoRA objective and
   the escape direction of Lemmas 4.3/4.4;
@@ -33,6 +33,7 @@ Memory: per-example gradients cost ``N·K·P·m·n`` numbers (32 examples, K = 1
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -386,7 +387,9 @@ class LinearisedProblem:
 
     def output_grad(self, delta: torch.Tensor) -> torch.Tensor:
         """``∂L̂/∂z_i`` at the outputs: ``(N, K)`` for a single ``δ`` ``(P, m, n)``."""
-        f = self.outputs(delta)
+        return self._output_grad_at(self.outputs(delta))
+
+    def _output_grad_at(self, f: torch.Tensor) -> torch.Tensor:
         if self.loss == "mse":
             r = f - self.y
         elif self.loss == "logistic":
@@ -512,18 +515,21 @@ def certificate(problem: LinearisedProblem, delta: torch.Tensor) -> Certificate:
 
 @dataclass
 class ProxResult:
-    """Result of :func:`proximal_gradient`: the final ``delta`` ``(P, m, n)``, its :class:`Certificate`,
-    the recorded objectives ``history`` ``(n_records,)`` and the steps taken."""
+    """Result of :func:`proximal_gradient`: the final ``delta`` ``(P, m, n)``, its :class:`Certificate` (``None``
+    when not asked for),
+    the recorded objectives ``history`` ``(n_records,)``, the steps taken and the final step size ``lr`` (smaller
+    than the starting one where backtracking halved it)."""
 
     delta: torch.Tensor
-    cert: Certificate
+    cert: Certificate | None
     history: torch.Tensor
     steps: int
+    lr: float = 0.0
 
 
 def _proximal_gradient(problem: LinearisedProblem, steps: int, *, lr: float | None = None, accelerate: bool = True,
                       backtrack: bool = False, tol: float = 0.0, delta0: torch.Tensor | None = None, check_every: int = 25,
-                      record_every: int = 0, progress: bool | str = False) -> ProxResult:
+                      record_every: int = 0, certify: bool = True, progress: bool | str = False) -> ProxResult:
     """Proximal gradient on ``L̂(δ) + λ‖δ‖_*``: ``δ ← SVT_{lr·λ}(δ − lr ∇L̂(δ))`` (threshold ``lr·λ``, mean loss).
 
     Parameters
@@ -538,6 +544,8 @@ def _proximal_gradient(problem: LinearisedProblem, steps: int, *, lr: float | No
     tol : stop once the certificate's relative duality gap is below ``tol`` (checked every ``check_every``).
     delta0 : starting point ``(P, m, n)`` (default zero, the pretrained model).
     record_every : if positive, record the objective every ``record_every`` steps (step 0 included).
+    certify : compute the final point's :class:`Certificate` (``False``: ``cert`` is ``None``, which saves three
+        spectral decompositions when the caller continues from the point anyway).
 
     Returns
     -------
@@ -559,8 +567,9 @@ def _proximal_gradient(problem: LinearisedProblem, steps: int, *, lr: float | No
                leave=False)
     done = steps
     for k in bar:
-        g = problem.grad(y_pt)
-        f_y = float(problem.data_loss(y_pt)) if backtrack else 0.0
+        out_y = problem.outputs(y_pt)  # one pass over G serves the gradient and the backtracking test
+        g = problem.adjoint(problem._output_grad_at(out_y))
+        f_y = float(per_example_loss(out_y, problem.y, problem.loss).mean()) if backtrack else 0.0
         while True:
             x, s = svt(y_pt - lr * g, lr * problem.lam)
             f_x = float(problem.data_loss(x))
@@ -587,7 +596,8 @@ def _proximal_gradient(problem: LinearisedProblem, steps: int, *, lr: float | No
         if tol > 0 and k % check_every == 0 and certificate(problem, x).rel_gap < tol:
             done = k
             break
-    return ProxResult(x_prev, certificate(problem, x_prev), torch.tensor(hist, dtype=torch.float64), done)
+    cert = certificate(problem, x_prev) if certify else None
+    return ProxResult(x_prev, cert, torch.tensor(hist, dtype=torch.float64), done, lr)
 
 
 def min_norm_interpolant(problem: LinearisedProblem) -> torch.Tensor:
@@ -845,18 +855,21 @@ def _lora_gd(problem: LinearisedProblem, B: torch.Tensor, A: torch.Tensor, ranks
 # ----------------------------------------------------------------------------------------------------------
 # a real model: MiniLM's last layer with a prompt-style logit
 # ----------------------------------------------------------------------------------------------------------
-#: The last layer's query and value weights, named inside :class:`MiniLMHead`.
+#: The query and value weights of the first layer a :class:`MiniLMHead` runs (the last layer for the default head).
 QV_NAMES = ("layer.attention.self.query.weight", "layer.attention.self.value.weight")
 
 
 class MiniLMHead(nn.Module):
-    """MiniLM's encoder layer ``layer_index`` (a copy) + mean pooling + the zero-shot logit(s).
+    """MiniLM's encoder layers ``layer_index, …, 5`` (copies) + mean pooling + the zero-shot logit(s).
 
     ``forward(hidden (B, T, 384), mask (B, T))``: with ``classes=None`` the binary prompt-style logit
     ``(cos(e, "a great movie") − cos(e, "a terrible movie")) / temperature`` of :mod:`lorabook.data`, shape
     ``(B,)`` (positive = fresh); with ``classes`` (two or three names of :data:`lorabook.data.CLASS_PHRASES`) the
     K-class logits ``cos(e, d_k) / temperature``, shape ``(B, K)``.
-    ``hidden`` are the token states entering the layer (:func:`lorabook.data.hidden_before_layer`).
+    ``hidden`` are the token states entering layer ``layer_index`` (:func:`lorabook.data.hidden_before_layer`,
+    :func:`embed_texts`). The first layer run is the sub-module ``layer`` (its query and value weights are
+    :data:`QV_NAMES`), the layers above it are ``upper.0``, ``upper.1``, …; :meth:`qv_names` lists the query and
+    value weights of all of them. The default head (``layer_index=5``) runs the last layer only.
     """
 
     def __init__(self, layer_index: int = 5, temperature: float = 0.05, classes: Sequence[str] | None = None):
@@ -872,9 +885,10 @@ class MiniLMHead(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.layer = copy.deepcopy(model.encoder.layer[layer_index])
+        self.upper = nn.ModuleList(copy.deepcopy(model.encoder.layer[layer_index + 1:]))
         # eager attention: CPU flash attention has neither forward-mode AD (jvp) nor a vmap batching rule;
-        # the deep copy owns its config, so the shared model is untouched
-        for mod in self.layer.modules():
+        # the deep copies own their config, so the shared model is untouched
+        for mod in self.modules():
             cfg = getattr(mod, "config", None)
             if cfg is not None and hasattr(cfg, "_attn_implementation"):
                 cfg._attn_implementation = "eager"
@@ -883,12 +897,21 @@ class MiniLMHead(nn.Module):
                              else data.class_directions(self.classes))
         self.temperature = temperature
 
+    def qv_names(self) -> tuple[str, ...]:
+        """Names of the query and value weights of every layer the head runs, bottom layer first (``2·L`` names
+        for ``L`` layers; the first two are :data:`QV_NAMES`)."""
+        ups = tuple(f"upper.{i}.attention.self.{w}.weight" for i in range(len(self.upper))
+                    for w in ("query", "value"))
+        return QV_NAMES + ups
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         from . import data
 
-        out = self.layer(hidden, attention_mask=data.attention_bias(mask, hidden.dtype))
-        out = out[0] if isinstance(out, tuple) else out
-        pooled = data.mean_pool(out, mask)
+        bias = data.attention_bias(mask, hidden.dtype)
+        for layer in (self.layer, *self.upper):
+            out = layer(hidden, attention_mask=bias)
+            hidden = out[0] if isinstance(out, tuple) else out
+        pooled = data.mean_pool(hidden, mask)
         if self.classes is not None:
             return data.zero_shot_logits(pooled, self.directions, self.temperature)
         return data.zero_shot_logit(pooled, self.directions, self.temperature)
@@ -1308,7 +1331,8 @@ def dev_selected_path(G: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, dev: L
     """Linearised full fine-tuning along a path of λ, with λ and the step budget selected on a dev set.
 
     For each ``λ = frac · λ_max`` (``fracs`` decreasing in (0, 1]), FISTA with backtracking
-    (:func:`proximal_gradient`) runs ``steps`` steps warm-started at the previous λ's end point; every ``every``
+    (:func:`proximal_gradient`, starting at step ``32/L`` and keeping the step size it backtracks to) runs ``steps``
+    steps warm-started at the previous λ's end point; every ``every``
     steps the iterate is scored on ``dev`` (a :class:`LinearisedProblem` of the same ``δ`` shape whose ``G``,
     ``f0`` and ``y`` are the dev set's; its ``lam`` is ignored). The selected point has the smallest dev loss
     (step 0 of the first λ, the zero-shot model, is not a candidate).
@@ -1330,7 +1354,8 @@ def dev_selected_path(G: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, dev: L
         raise ValueError(f"fracs must be a non-empty strictly decreasing sequence in (0, 1], got {fracs}")
     if not isinstance(dev, LinearisedProblem) or dev.shape != tuple(G.shape[-3:]) or dev.loss != loss:
         raise ValueError("dev must be a LinearisedProblem with the same delta shape and loss as the training data")
-    lam_max = LinearisedProblem(G, f0, y, 0.0, loss).lambda_max()
+    base = LinearisedProblem(G, f0, y, 0.0, loss)
+    lam_max, _ = base.lambda_max(), base.lipschitz()  # the Lipschitz constant is cached for the copies below
     labels = dev.y[:, 0] if dev.K == 1 else dev.y.argmax(1)
 
     def score(delta):
@@ -1343,17 +1368,23 @@ def dev_selected_path(G: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, dev: L
     delta, ends, gaps, best, best_delta = None, [], [], (0, 0), None
     bar = tqdm(total=len(fracs) * len(checks), desc=progress if isinstance(progress, str) else "λ path",
                disable=not progress, leave=False)
+    lr = None
     for i, frac in enumerate(fracs):
-        prob = LinearisedProblem(G, f0, y, frac * lam_max, loss)
+        # a shallow copy with another λ: G is validated once and the Lipschitz constant of ∇L̂ (which λ does
+        # not enter; a pass over G·Gᵀ) is computed once
+        prob = copy.copy(base)
+        prob.lam = float(frac * lam_max)
         for j in range(len(checks)):
-            res = proximal_gradient(prob, every, lr=32 / prob.lipschitz(), backtrack=True, delta0=delta)
-            delta = res.delta
+            # the step size found by backtracking carries over (λ changes only the prox, not ∇L̂'s Lipschitz bound)
+            res = proximal_gradient(prob, every, lr=lr or 32 / prob.lipschitz(), backtrack=True, delta0=delta,
+                                    certify=False)
+            delta, lr = res.delta, res.lr
             dl[i, j], db[i, j] = score(delta)
             if best_delta is None or dl[i, j] < dl[best]:
                 best, best_delta = (i, j), delta.clone()
             bar.update()
         ends.append(delta.clone())
-        gaps.append(res.cert.rel_gap)
+        gaps.append(certificate(prob, delta).rel_gap)
     bar.close()
     return DevPath(fracs, checks, dl, db, best, best_delta, torch.stack(ends), gaps, lam_max)
 
@@ -1386,12 +1417,15 @@ def apply_by_length(fn, inputs: tuple[torch.Tensor, torch.Tensor], batch_size: i
         raise ValueError(f"need hidden (n, T, H) and mask (n, T); got {tuple(hidden.shape)} and {tuple(mask.shape)}")
     lengths = mask.sum(1)
     order = torch.argsort(lengths, stable=True)
-    outs = []
+    res, single = None, False
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         T = max(int(lengths[idx].max()), 1)
         out = fn((hidden[idx, :T], mask[idx, :T]))
-        outs.append(out if isinstance(out, tuple) else (out,))
-    inv = torch.argsort(order)
-    res = tuple(torch.cat(parts)[inv] for parts in zip(*outs))
-    return res if len(res) > 1 else res[0]
+        single = not isinstance(out, tuple)
+        out = (out,) if single else out
+        if res is None:  # the results are written in place, in the input order: no concatenated copy
+            res = tuple(o.new_empty((len(order),) + tuple(o.shape[1:])) for o in out)
+        for r, o in zip(res, out):
+            r[idx] = o
+    return res[0] if single else res

@@ -22,3 +22,15 @@ def test_theorem41_real_model_check_passes_above_threshold():
 def test_theorem41_real_model_check_fails_below_threshold():
     # r = 1, r(r+1)/2 = 1 <= KN = 12: some GD runs end at spurious minima above F*, and the check catches it
     assert not evaluate(_end_gap(1), "<=", END_TOL).passed
+
+
+TOL3 = 1e-3  # the default tolerance of the three-class, layer-0 claim
+
+
+def test_theorem41_k3_check_passes_above_threshold():
+    assert evaluate(_end_gap(5), "<=", TOL3).passed
+
+
+def test_theorem41_k3_check_fails_below_threshold():
+    # rank 1 on an instance with spurious minima (r(r+1)/2 = 1 <= KN = 12): the same check fails
+    assert not evaluate(_end_gap(1), "<=", TOL3).passed

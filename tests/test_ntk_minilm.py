@@ -110,3 +110,44 @@ def test_minilm_head_classes():
         ntk.MiniLMHead(5, classes=("fresh",))
     with pytest.raises(ValueError, match="classes"):
         ntk.MiniLMHead(5, classes=("fresh", "good"))
+
+
+def test_minilm_head_runs_the_layers_above():
+    texts = ["a great film", "a terrible film that drags"]
+    top = ntk.MiniLMHead(5)
+    h0, m0 = ntk.embed_texts(texts, 0)
+    h5, m5 = ntk.embed_texts(texts, 5)
+    full = ntk.MiniLMHead(0)
+    with torch.no_grad():  # running layers 0..5 from the embeddings = the last layer on the states entering it
+        assert torch.allclose(full(h0, m0), top(h5, m5), atol=1e-4)
+    names = full.qv_names()
+    assert len(names) == 12 and names[:2] == ntk.QV_NAMES and top.qv_names() == ntk.QV_NAMES
+    assert names[-1] == "upper.4.attention.self.value.weight"
+    f0, G = ntk.per_example_jacobian(full, names, (h0, m0))
+    assert G.shape == (2, 1, 12, 384, 384) and torch.isfinite(G).all()
+    # the gradient of the last layer's weights is the same whichever layer the head starts at
+    _, G5 = ntk.per_example_jacobian(top, ntk.QV_NAMES, (h5, m5))
+    assert torch.allclose(G[:, :, 10:], G5, atol=1e-4 * float(G5.abs().max()))
+    with pytest.raises(ValueError, match="layer_index"):
+        ntk.MiniLMHead(6)
+
+
+def test_proximal_gradient_reports_the_step_it_backtracked_to():
+    prob = _problem(8, 0, lam=0.05)
+    L = prob.lipschitz()
+    plain = ntk.proximal_gradient(prob, 3, lr=1 / L)
+    assert plain.lr == 1 / L
+    bt = ntk.proximal_gradient(prob, 3, lr=1e4 / L, backtrack=True)
+    assert bt.lr < 1e4 / L
+    # restarting from the reported step needs no further halving: the same step is returned
+    again = ntk.proximal_gradient(prob, 1, lr=bt.lr, backtrack=True, delta0=bt.delta)
+    assert again.lr <= bt.lr and float(prob.objective(again.delta)) <= float(prob.objective(bt.delta)) + 1e-9
+
+
+def test_proximal_gradient_can_skip_the_certificate():
+    prob = _problem(8, 0, lam=0.05)
+    a = ntk.proximal_gradient(prob, 4, certify=False)
+    b = ntk.proximal_gradient(prob, 4)
+    assert a.cert is None and b.cert is not None
+    assert torch.equal(a.delta, b.delta)
+    assert b.cert.primal == pytest.approx(float(prob.objective(b.delta)), rel=1e-12)

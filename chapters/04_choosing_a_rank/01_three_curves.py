@@ -19,7 +19,7 @@
 # on Rotten Tomatoes snippets {cite}`pang2005seeing` ($N/2$ fresh, $N/2$ rotten), a scalar prompt-style logit
 # $f(W; x) = (\cos(e_x, \text{"a great movie"}) - \cos(e_x, \text{"a terrible movie"}))/0.05$ (so $K = 1$), the
 # logistic loss, and the last layer's query and value weights $W_q, W_v \in \R^{384\times 384}$ linearised around
-# the pretrained model, as in {doc}`../02_ntk_landscape/04_minilm` (same data split):
+# the pretrained model, as in {doc}`../02_ntk_landscape/06_minilm_landscape`:
 #
 # $$ \min_{\delta}\ \hat L(\delta) + \lambda\left(\norm{\delta_q}_* + \norm{\delta_v}_*\right),\qquad
 #    \hat L(\delta) = \frac1N \sum_{i=1}^N \ell\big(f(W_0; x_i) + \langle G_i, \delta\rangle, y_i\big). $$

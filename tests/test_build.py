@@ -112,3 +112,31 @@ def test_build_jobs_reads_one_variable(monkeypatch):
         monkeypatch.setenv("LORABOOK_BUILD_JOBS", bad)
         with pytest.raises(ValueError, match="LORABOOK_BUILD_JOBS"):
             lorabook_build.build_jobs()
+
+
+def test_a_change_of_scale_makes_every_notebook_stale(tmp_path, monkeypatch):
+    """The execution cache is keyed by the scale: a notebook executed at `quick` is not served to a `default`
+    build (a cheap check of the hook itself, with stand-ins for Sphinx's app and environment)."""
+    from types import SimpleNamespace
+
+    (tmp_path / "lorabook").mkdir()
+    (tmp_path / "lorabook" / "__init__.py").write_text("")
+    (tmp_path / "lorabook" / "a.py").write_text("X = 1\n")
+    _notebook(tmp_path / "nb.ipynb", "from lorabook import a")
+    (tmp_path / "_build" / "html").mkdir(parents=True)
+    app = SimpleNamespace(srcdir=str(tmp_path), outdir=str(tmp_path / "_build" / "html"))
+    env = SimpleNamespace(found_docs={"nb"}, doc2path=lambda doc: str(tmp_path / f"{doc}.ipynb"))
+    app.env = env  # no execution cache configured or present: only the state file is consulted
+
+    def build(scale):
+        monkeypatch.setenv("LORABOOK_SCALE", scale)
+        stale = lorabook_build._outdated(app, env, set(), set(), set())
+        lorabook_build._state_file(app).write_text(json.dumps(app.lorabook_deps))  # as a successful build does
+        return stale
+
+    assert build("quick") == []          # first build: nothing cached yet, nothing stale
+    assert build("quick") == []          # same scale, same code
+    assert build("default") == ["nb"]    # another scale: the cached result is stale
+    assert build("default") == []
+    (tmp_path / "lorabook" / "a.py").write_text("X = 2\n")
+    assert build("default") == ["nb"]    # and code changes still count

@@ -168,7 +168,9 @@ for N in N_LIST:
 # accuracy). Adapting only the last layer's query and value weights — the setting of the next pages, and of an
 # earlier version of this page with 16 dev snippets per class — gave no gain at either $N$ in our runs
 # (paired accuracy differences $-0.014$ at $N = 32$ and $-0.002$ at $N = 128$). Not tried: other heads or
-# temperatures, and $N$ above 128 at `default` (`paper` adds $N = 512$).
+# temperatures, and $N$ above 128 at `default` (`paper` adds $N = 512$). At $N = 128$ the dev set chose the
+# smaller $\lambda$ of the path on every seed, so a longer path might gain more; `paper` runs it down to
+# $0.05\,\lambda_\text{max}$ (not measured here).
 
 # %% tags=["nbval-check-output"]
 # the quick run (top two layers, N = 8 and 16, two seeds, 20 test snippets) only guards the

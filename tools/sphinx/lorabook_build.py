@@ -1,9 +1,9 @@
 """Sphinx hooks of the book: no stale results, and pages generated from the executed notebooks.
 
 * **Freshness.** jupyter-cache re-executes a notebook only when its own cells change. This hook also keys each
-  notebook by the ``lorabook`` modules it imports (transitively): when one of them changes, the notebook's cache
-  records are removed and the page is re-read, so it is executed again with the new code. The state of the last
-  successful build is kept in ``_build/.lorabook_deps.json``.
+  notebook by the ``lorabook`` modules it imports (transitively) and by the scale (``LORABOOK_SCALE``): when one of
+  them changes, the notebook's cache records are removed and the page is re-read, so it is executed again with the
+  new code or at the new scale. The state of the last successful build is kept in ``_build/.lorabook_deps.json``.
 * **Generated pages** (status, claims ledger, errata) read the execution cache: they are re-read on every build and
   read last, after every notebook has been executed.
 * **Parallel execution.** myst-nb executes the notebooks one after another, each kernel mostly on one core. Before
@@ -113,6 +113,9 @@ def _outdated(app, env, added, changed, removed):
     extra = [d for d in GENERATED if d in env.found_docs]
     if not pkg_dir.is_dir():
         return extra
+    from lorabook.config import get_scale  # the scale is read in one place
+
+    scale = get_scale().name
     state_path = _state_file(app)
     old = json.loads(state_path.read_text()) if state_path.exists() else {}
     new, stale = {}, []
@@ -123,8 +126,8 @@ def _outdated(app, env, added, changed, removed):
         h = dependency_hash(notebook_code(path), pkg_dir) if path.suffix in (".ipynb", ".md") else None
         if h is None:
             continue
-        new[doc] = h
-        if old.get(doc) not in (None, h):
+        new[doc] = key = f"{scale}:{h}"  # results of another scale are stale too
+        if old.get(doc) not in (None, key):
             stale.append((doc, path))
     if stale:
         from jupyter_cache import get_cache
@@ -137,7 +140,7 @@ def _outdated(app, env, added, changed, removed):
                     if Path(rec.uri).resolve() == path.resolve():
                         cache.remove_cache(rec.pk)
         names = ", ".join(doc for doc, _ in stale)
-        LOG.info(f"[lorabook] package code changed under {len(stale)} notebook(s), re-executing: {names}")
+        LOG.info(f"[lorabook] package code or scale changed under {len(stale)} notebook(s), re-executing: {names}")
     app.lorabook_deps = new
     return sorted(set(extra) | {doc for doc, _ in stale if doc not in added})
 

@@ -1,0 +1,200 @@
+"""Tests of lorabook.bounds with values computed independently of the code (closed forms, hand-built networks,
+the distributions the factors are drawn from) and of each validation on both sides, with asymmetric shapes so
+that a swapped axis or index shows."""
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from lorabook import bounds as bd
+
+F64, F32 = torch.float64, torch.float32
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def linear_mlp(W, b):
+    """A one-layer network ``f(x) = (W + BA) x + b`` (no hidden layer) as an mlp dict."""
+    W, b = torch.as_tensor(W, dtype=F64), torch.as_tensor(b, dtype=F64)
+    return {"weights": [W], "biases": [b], "dims": [W.shape[1], W.shape[0]], "theta_pre_inf": 0.0}
+
+
+# ------------------------------------------------------------------------------------------------ make_mlp
+@pytest.mark.parametrize("i, name", [(0, "d"), (1, "W"), (2, "T"), (3, "D")])
+def test_make_mlp_names_each_bad_size(i, name):
+    args = [2, 3, 1, 2]
+    args[i] = 0
+    with pytest.raises(ValueError, match=f"^{name} must be a positive integer"):
+        bd.make_mlp(*args, generator=gen())
+
+
+def test_make_mlp_scales_dtype_and_sup_norm():
+    d, W, D = 50, 400, 3
+    mlp = bd.make_mlp(d, W, 1, D, generator=gen(1), dtype=F32)
+    w0, w1 = mlp["weights"]
+    assert mlp["dims"] == [d, W, D] and w0.shape == (W, d) and w1.shape == (D, W)
+    # He scaling: std sqrt(2 / fan_in) (20,000 and 1,200 entries: 1 % and 4 % sampling error)
+    assert abs(w0.double().std().item() / math.sqrt(2 / d) - 1) < 0.05
+    assert abs(w1.double().std().item() / math.sqrt(2 / W) - 1) < 0.12
+    # biases N(0, 0.1²): 400 entries in the hidden layer
+    assert abs(mlp["biases"][0].double().std().item() / 0.1 - 1) < 0.15
+    assert all(t.dtype == F32 for t in mlp["weights"] + mlp["biases"])
+    every = torch.cat([t.reshape(-1) for t in mlp["weights"] + mlp["biases"]]).abs()
+    assert mlp["theta_pre_inf"] == every.max().item()
+    nob = bd.make_mlp(2, 3, 2, 4, generator=gen(), bias=False, dtype=F32)
+    assert all(b.dtype == F32 and b.shape == (n,) and not b.any() for b, n in zip(nob["biases"], (3, 3, 4)))
+
+
+# -------------------------------------------------------------------------------------------- draw_factors
+def test_draw_factors_shapes_scale_and_dtype():
+    mlp = bd.make_mlp(3, 40, 1, 2, generator=gen(), dtype=F32)
+    Bs = bd.draw_factors(mlp, 2, 300, nu=0.3, generator=gen(1))
+    assert [tuple(b.shape) for b in Bs] == [(300, 40, 2), (300, 2, 2)]
+    assert all(b.dtype == F32 for b in Bs)
+    assert abs(Bs[0].double().std().item() / 0.3 - 1) < 0.03            # 24,000 N(0, 0.3²) entries
+    assert abs(Bs[0].double().mean().item()) < 0.01
+    As = bd.draw_factors(mlp, 2, 300, nu=0.3, generator=gen(1), side="A", device="cpu")
+    assert [tuple(a.shape) for a in As] == [(300, 2, 3), (300, 2, 40)] and As[0].dtype == F32
+    with pytest.raises(ValueError, match="^n_draws must be a positive integer"):
+        bd.draw_factors(mlp, 2, 0, nu=0.3, generator=gen())
+    with pytest.raises(ValueError, match="^nu must be a positive"):
+        bd.draw_factors(mlp, 2, 3, nu=0.0, generator=gen())
+
+
+# ---------------------------------------------------------------------------------------- lora_mlp_forward
+def test_lora_mlp_forward_one_layer_closed_form():
+    W = [[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]]                 # D = 2 outputs, d = 3 inputs
+    mlp = linear_mlp(W, [0.25, -1.0])
+    B = torch.tensor([[[1.0], [2.0]], [[-1.0], [0.5]]])     # S = 2, r = 1
+    A = torch.tensor([[[0.5, 0.0, -1.0]], [[2.0, 1.0, 0.0]]])
+    x = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]])
+    out = bd.lora_mlp_forward(x, mlp, [B], [A])
+    # slice 0: W + BA = [[1.5, -2, -0.5], [1, 3, -1]]; slice 1: [[-1, -3, 0.5], [1, 3.5, 1]]
+    want = torch.tensor([[[-3.75, 3.0], [0.25, -8.0]], [[-5.25, 10.0], [5.25, -0.5]]])
+    assert torch.allclose(out, want)
+
+
+def _two_layer():
+    mlp = bd.make_mlp(3, 8, 1, 2, generator=gen())                      # dims [3, 8, 2]
+    Bs = bd.draw_factors(mlp, 2, 4, nu=1.0, generator=gen(1))
+    As = bd.draw_factors(mlp, 2, 4, nu=1.0, generator=gen(2), side="A")
+    return mlp, Bs, As, torch.rand(5, 3, generator=gen(3), dtype=F64)
+
+
+def test_lora_mlp_forward_rejects_each_bad_factor():
+    mlp, Bs, As, x = _two_layer()
+    bd.lora_mlp_forward(x, mlp, Bs, As)
+    bad = [
+        ("need 2 factors", Bs + Bs[:1], As),                                  # one B too many
+        ("common S", Bs, [As[0][:1], As[1]]),                                 # A with S = 1
+        ("common S", Bs, [As[0][:, 0], As[1]]),                               # A 2-D with S rows
+        ("common S", [Bs[0][:, :, 0], Bs[1]], As),                            # B 2-D (S, d_1)
+        (r"do not fit a \(8, 3\) weight", Bs, [torch.zeros(4, 2, 5), As[1]]),  # A of the wrong input size
+        (r"do not fit a \(8, 3\) weight", [torch.zeros(4, 5, 2), Bs[1]], As),  # B of the wrong output size
+    ]
+    for match, B_, A_ in bad:
+        with pytest.raises(ValueError, match=match):
+            bd.lora_mlp_forward(x, mlp, B_, A_)
+    for bad_x in (torch.zeros(4), torch.zeros(4, 5, 3, 1)):
+        with pytest.raises(ValueError, match="x must be"):
+            bd.lora_mlp_forward(bad_x, mlp, Bs, As)
+
+
+# ----------------------------------------------------------------------------------------- lipschitz_ratio
+def test_lipschitz_ratio_closed_form_per_slice():
+    """Linear network: f_A1 − f_A2 = B (A1 − A2) x, so both norms are hand-computable; the two slices
+    differ in both numerator and denominator."""
+    mlp = linear_mlp([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [1.0, 1.0, 1.0])   # D = 3, d = 2
+    B = torch.tensor([[[1.0], [0.0], [2.0]], [[0.5], [1.5], [0.0]]])         # (2, 3, 1)
+    A1 = torch.tensor([[[0.1, 0.2]], [[0.3, -0.4]]])                         # (2, 1, 2)
+    A2 = torch.tensor([[[0.1, -0.3]], [[0.3, 0.6]]])
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # slice 0: ΔA = [0, 0.5], BΔA x rows: x1 → 0, x2 → [1, 0, 2]   → num 2,  den 0.5 → 4
+    # slice 1: ΔA = [0, -1],  BΔA x:      x2 → [-1, -3, 0]          → num 3,  den 1   → 3
+    r = bd.lipschitz_ratio(x, mlp, [B], [A1], [A2])
+    assert torch.allclose(r, torch.tensor([4.0, 3.0]))
+
+
+def test_lipschitz_ratio_takes_the_largest_layer_difference():
+    mlp, Bs, As, x = _two_layer()
+    A2 = [As[0] + 0.0, As[1].clone()]
+    A2[0][0, 0, 0] += 0.2                                                  # slice 0: layer 1 moves by 0.2
+    A2[1][0, 1, 3] -= 0.5                                                  #           layer 2 by 0.5
+    A2[1][1:, 0, 0] += torch.tensor([0.1, 0.3, 0.05])                       # other slices: one entry each
+    f = lambda A: bd.lora_mlp_forward(x, mlp, Bs, A)
+    num = np.abs((f(As) - f(A2)).numpy()).reshape(4, -1).max(1)
+    r = bd.lipschitz_ratio(x, mlp, Bs, As, A2)
+    assert np.allclose(r.numpy(), num / np.array([0.5, 0.1, 0.3, 0.05]))
+
+
+# -------------------------------------------------------------------------------------- minilm_head_logits
+@pytest.fixture
+def fake_minilm(monkeypatch):
+    """A stand-in for MiniLM's last LayerNorm (width 3, non-trivial γ, β, ε) and label directions, so that the
+    head's arithmetic is checked on a hand-sized cache without loading the model."""
+    from types import SimpleNamespace
+
+    import lorabook.data as data
+
+    ln = torch.nn.LayerNorm(3, eps=0.1)
+    with torch.no_grad():
+        ln.weight.copy_(torch.tensor([1.0, 2.0, -0.5]))
+        ln.bias.copy_(torch.tensor([0.1, 0.0, -0.2]))
+    layer = SimpleNamespace(output=SimpleNamespace(LayerNorm=ln))
+    model = SimpleNamespace(encoder=SimpleNamespace(layer=[layer]))
+    dirs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]])
+    monkeypatch.setattr(data, "load_minilm", lambda: (None, model))
+    monkeypatch.setattr(data, "label_directions", lambda: dirs)
+    return ln, dirs
+
+
+def _head_reference(cache, A, B, mask, ln, dirs):
+    """Token by token in NumPy: LayerNorm(base + B (mask·A) h), mean per snippet, cosine difference / 0.05."""
+    h, base, seg = cache["h"].numpy(), cache["base"].numpy(), cache["seg"].numpy()
+    g, b, eps = ln.weight.detach().numpy(), ln.bias.detach().numpy(), ln.eps
+    out = np.zeros((A.shape[0], cache["n"]))
+    for s in range(A.shape[0]):
+        dW = B[s].numpy() @ (A[s].numpy() * mask[s].numpy()[:, None])
+        for j in range(cache["n"]):
+            toks = []
+            for t in np.flatnonzero(seg == j):
+                x = base[t] + dW @ h[t]
+                toks.append((x - x.mean()) / np.sqrt(x.var() + eps) * g + b)
+            e = np.mean(toks, 0)
+            e = e / np.linalg.norm(e)
+            out[s, j] = (e @ dirs[0].numpy() - e @ dirs[1].numpy()) / 0.05
+    return out
+
+
+def test_minilm_head_logits_hand_sized_cache(fake_minilm):
+    ln, dirs = fake_minilm
+    g = gen(4)
+    cache = {"h": torch.randn(5, 4, generator=g), "base": torch.randn(5, 3, generator=g),
+             "seg": torch.tensor([1, 0, 1, 2, 2]), "n": 3}
+    A, B = torch.randn(2, 2, 4, generator=g), torch.randn(2, 3, 2, generator=g)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])                          # slice 1 has rank 1
+    other = torch.tensor([[0.0, 0.0, 1.0], [0.8, 0.6, 0.0]])
+    got = bd.minilm_head_logits(cache, A, B, mask)
+    assert np.allclose(got.detach().numpy(), _head_reference(cache, A, B, mask, ln, dirs))
+    got = bd.minilm_head_logits(cache, A, B, mask, directions=other)
+    assert np.allclose(got.detach().numpy(), _head_reference(cache, A, B, mask, ln, other))
+
+
+def test_minilm_head_logits_rejects_each_bad_shape(fake_minilm):
+    cache = {"h": torch.ones(5, 4), "base": torch.ones(5, 3), "seg": torch.tensor([0, 0, 1, 2, 2]), "n": 3}
+    A, B, mask = torch.ones(2, 2, 4), torch.ones(2, 3, 2), torch.ones(2, 2)
+    bd.minilm_head_logits(cache, A, B, mask)
+    cases = [(A, torch.ones(3, 3, 2), mask),                  # B with another S, same rank
+             (A, torch.ones(2, 3), mask),                     # B 2-D with S rows
+             (torch.ones(2, 2), B, mask)]                     # A 2-D (S, r)
+    for A_, B_, m_ in cases:
+        with pytest.raises(ValueError, match="A must be"):
+            bd.minilm_head_logits(cache, A_, B_, m_)
+    with pytest.raises(ValueError, match="do not fit the cached layer"):
+        bd.minilm_head_logits(cache, A, torch.ones(2, 5, 2), mask)          # B of the wrong output size
+    with pytest.raises(ValueError, match="do not fit the cached layer"):
+        bd.minilm_head_logits(cache, torch.ones(2, 2, 6), B, mask)          # A of the wrong input size

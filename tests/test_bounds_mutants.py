@@ -198,3 +198,93 @@ def test_minilm_head_logits_rejects_each_bad_shape(fake_minilm):
         bd.minilm_head_logits(cache, A, torch.ones(2, 5, 2), mask)          # B of the wrong output size
     with pytest.raises(ValueError, match="do not fit the cached layer"):
         bd.minilm_head_logits(cache, torch.ones(2, 2, 6), B, mask)          # A of the wrong input size
+
+
+# ---------------------------------------------------------------------------------------- uniform_gap_lower
+def _gap_setting():
+    """A linear network f_A(x) = (W + β_s A) x + b (d = 2, D = 1, r = 1) with three slices β = 0.5, −0.3, 0.8, and
+    targets y = f_0(x) − offset with offsets of size 0.4, 0.6 or 1.4: every residual stays at least 0.4 away from
+    the kinks of min(|f − y|, 1) at 0 and 1 for the moves below (|Δf| ≤ 0.16), so the risks are linear in A there
+    and Adam's steps are ±lr·M g/(|g| + ε) (constant gradients g)."""
+    W, b = np.array([[1.0, -0.5]]), np.array([0.2])
+    beta = np.array([0.5, -0.3, 0.8])
+    rng = np.random.default_rng(5)
+
+    def data(n):
+        X = rng.uniform(0, 1, (3, n, 2))
+        off = rng.choice([-1.4, -0.6, -0.4, 0.4, 0.6, 1.4], (3, n, 1))
+        return X, X @ W.T + b - off
+
+    sets = [data(n) for n in (4, 5, 6)]                      # train, ascent, evaluation
+    mlp = linear_mlp(W, b)
+    Bs = [torch.tensor(beta).reshape(3, 1, 1)]
+    return W, b, beta, sets, mlp, Bs
+
+
+def _risk(W, b, beta, A, X, Y):
+    """Mean bounded absolute loss per slice, A (3, 1, 2)."""
+    f = np.einsum("snd,sod->sno", X, W[None] + beta[:, None, None] * A) + b
+    return np.minimum(np.abs(f - Y).sum(-1), 1.0).mean(-1)
+
+
+def _expected_gap(W, b, beta, sets, starts, step, box=np.inf):
+    tr_, asc, ev = sets
+    R = lambda A, d: _risk(W, b, beta, A, *d)
+    best = []
+    for A0 in starts:
+        # the direction of steepest ascent of R_a − R_N, by central differences (the risks are linear here)
+        grad = np.zeros_like(A0)
+        for j in range(2):
+            e = np.zeros_like(A0)
+            e[:, 0, j] = 1e-6
+            grad[:, 0, j] = ((R(A0 + e, asc) - R(A0 + e, tr_)) - (R(A0 - e, asc) - R(A0 - e, tr_))) / 2e-6
+        assert (np.abs(grad) > 1e-3).all()                      # every coordinate moves
+        move = step * grad / (np.abs(grad) + 1e-8)               # Adam's step m̂ / (√v̂ + ε) for a constant gradient
+        for A in (A0, np.clip(A0 + move, -box, box), np.clip(A0 - move, -box, box)):
+            best.append(np.abs(R(A, ev) - R(A, tr_)))
+    return np.array(best)                                       # (3 per start, S)
+
+
+def test_uniform_gap_lower_two_adam_steps_closed_form():
+    W, b, beta, sets, mlp, Bs = _gap_setting()
+    M = 0.5
+    starts = [np.tile([[[0.05, -0.05]]], (3, 1, 1)), np.zeros((3, 1, 2))]
+    T = lambda a: [torch.tensor(a)]
+    pairs = [tuple(torch.tensor(t) for t in s) for s in sets]
+    # two steps of size lr·M = 0.05·0.5 each, along ± the sign of the gradient of R_a − R_N (up to Adam's ε)
+    G = bd.uniform_gap_lower(mlp, Bs, [T(a) for a in starts], *pairs, M=M, steps=2)
+    scores = _expected_gap(W, b, beta, sets, starts, 2 * 0.05 * M)
+    assert np.allclose(G.numpy(), scores.max(0), rtol=1e-12, atol=1e-14)
+    # the setting exercises every candidate: the first start wins somewhere, the descent direction somewhere
+    assert (scores[:3].max(0) > scores[3:].max(0) + 1e-6).any()
+    assert (scores[2::3].max(0) > np.maximum(scores[0::3], scores[1::3]).max(0) + 1e-6).any()
+
+
+def test_uniform_gap_lower_projects_onto_the_box():
+    """One step of size lr·M = 30·M leaves the box in every coordinate: the projection puts A on ±M."""
+    W, b, beta, sets, mlp, Bs = _gap_setting()
+    M, A0 = 0.25, np.zeros((3, 1, 2))
+    pairs = [tuple(torch.tensor(t) for t in s) for s in sets]
+    G = bd.uniform_gap_lower(mlp, Bs, [[torch.tensor(A0)]], *pairs, M=M, steps=1, lr=30.0)
+    want = _expected_gap(W, b, beta, sets, [A0], 30 * M, box=M).max(0)
+    assert np.allclose(G.numpy(), want, rtol=1e-12, atol=1e-14)
+
+
+def test_uniform_gap_lower_checks_name_each_argument():
+    _, _, _, sets, mlp, Bs = _gap_setting()
+    pairs = [tuple(torch.tensor(t) for t in s) for s in sets]
+    M = 0.5
+    edge = [torch.full((3, 1, 2), M * (1 + 1e-9))]               # within the rounding tolerance: accepted
+    bd.uniform_gap_lower(mlp, Bs, [edge], *pairs, M=M, steps=1)
+    with pytest.raises(ValueError, match="box"):
+        bd.uniform_gap_lower(mlp, Bs, [[torch.full((3, 1, 2), M * (1 + 3e-9))]], *pairs, M=M, steps=1)
+    zero = [[torch.zeros(3, 1, 2)]]
+    with pytest.raises(ValueError, match="^M must be a positive"):
+        bd.uniform_gap_lower(mlp, Bs, zero, *pairs, M=0.0, steps=1)
+    with pytest.raises(ValueError, match="^steps must be a positive integer"):
+        bd.uniform_gap_lower(mlp, Bs, zero, *pairs, M=M, steps=0)
+    X, Y = pairs[1]
+    with pytest.raises(ValueError, match="^X contains NaN"):
+        bd.uniform_gap_lower(mlp, Bs, zero, pairs[0], (X * np.nan, Y), pairs[2], M=M, steps=1)
+    with pytest.raises(ValueError, match="^Y contains NaN"):
+        bd.uniform_gap_lower(mlp, Bs, zero, pairs[0], (X, Y * np.nan), pairs[2], M=M, steps=1)

@@ -288,3 +288,84 @@ def test_uniform_gap_lower_checks_name_each_argument():
         bd.uniform_gap_lower(mlp, Bs, zero, pairs[0], (X * np.nan, Y), pairs[2], M=M, steps=1)
     with pytest.raises(ValueError, match="^Y contains NaN"):
         bd.uniform_gap_lower(mlp, Bs, zero, pairs[0], (X, Y * np.nan), pairs[2], M=M, steps=1)
+
+
+# ---------------------------------------------------------------------------------------- init_head_factors
+def test_init_head_factors_distributions_dtypes_and_seed():
+    d_in, d_out, r_max = 300, 200, 4
+    modes, ranks = ["both", "B", "A", "A"], [2, 4, 1, 4]
+    f = bd.init_head_factors(modes, ranks, r_max, d_in=d_in, d_out=d_out, generator=gen(7))
+    assert all(f[k].dtype == F32 for k in ("A", "B", "train_A", "train_B", "rank_mask"))     # the default dtype
+    assert f["train_A"].tolist() == [1, 0, 1, 1] and f["train_B"].tolist() == [1, 1, 0, 0]
+    assert f["rank_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 1]]
+    for i in (0, 1):                         # "both" and "B": A ~ N(0, 1/d_in) (1,200 entries), B = 0
+        A = f["A"][i].double()
+        assert abs(A.std().item() * math.sqrt(d_in) - 1) < 0.08 and not f["B"][i].any()
+        assert torch.linalg.matrix_rank(A).item() == r_max                     # rows drawn independently
+    for i, r in ((2, 1), (3, 4)):            # "A": B ~ N(0, 1/r) (800 entries), A = 0
+        B = f["B"][i].double()
+        assert abs(B.std().item() * math.sqrt(r) - 1) < 0.1 and not f["A"][i].any()
+        assert torch.linalg.matrix_rank(B).item() == r_max
+    again = bd.init_head_factors(modes, ranks, r_max, d_in=d_in, d_out=d_out, generator=gen(7))
+    assert torch.equal(again["A"], f["A"]) and torch.equal(again["B"], f["B"])          # seeded by generator
+    f64 = bd.init_head_factors(["A"], [1], 2, d_in=3, d_out=2, generator=gen(), dtype=F64)
+    assert all(f64[k].dtype == F64 for k in ("A", "B", "train_A", "train_B", "rank_mask"))
+
+
+def test_init_head_factors_checks_name_each_argument():
+    with pytest.raises(ValueError, match="equal length"):
+        bd.init_head_factors(["A", "B"], [1], 2, d_in=3, d_out=2, generator=gen())
+    with pytest.raises(ValueError, match="^r_max must be a positive integer"):
+        bd.init_head_factors(["A"], [1], 0, d_in=3, d_out=2, generator=gen())
+    with pytest.raises(ValueError, match="^rank must be a positive integer"):
+        bd.init_head_factors(["A"], [0], 2, d_in=3, d_out=2, generator=gen())
+
+
+# ------------------------------------------------------------------------------------------- output_witness
+def _witness_mlp():
+    """d = D = 1, one hidden layer of width 4, zero biases; f(1) = (w2 + B2 A2) relu(w1 + B1 A1)."""
+    w1 = torch.tensor([[0.5], [-0.2], [0.3], [0.1]])
+    w2 = torch.tensor([[0.2, 0.1, -0.3, 0.05]])
+    mlp = {"weights": [w1, w2], "biases": [torch.zeros(4), torch.zeros(1)], "dims": [1, 4, 1], "theta_pre_inf": 0.5}
+    B1 = torch.tensor([[[1.0], [0.5], [-1.0], [2.0]], [[-0.5], [1.0], [0.3], [-1.0]]])      # (S = 2, 4, r = 1)
+    B2 = torch.tensor([[[1.5]], [[-0.8]]])
+    return mlp, [B1, B2]
+
+
+def _box_bound(mlp, Bs, M):
+    """An upper bound on |f(1)| over |A_ij| ≤ M, per slice (triangle inequality, layer by layer)."""
+    w1, w2 = (w.double() for w in mlp["weights"])
+    B1, B2 = (b.double() for b in Bs)
+    h = torch.relu(w1[None, :, 0] + M[:, None] * B1.abs().sum(-1))                       # (S, 4)
+    return ((w2.abs()[None, 0] + M[:, None] * B2.abs().sum((-1, -2))[:, None]) * h).sum(-1)
+
+
+def test_output_witness_reaches_target_stays_in_box_and_defaults():
+    mlp, Bs = _witness_mlp()
+    M = torch.tensor([1.0, 1.0])
+    s = bd.output_witness(mlp, Bs, M, target=1.0, steps=60)
+    assert ((s >= 1 - 1e-3) & (s <= _box_bound(mlp, Bs, M) + 1e-12)).all()
+    # projection: 40 steps of size lr·M = M would leave the box many times over; |f(1)| obeys the box bound
+    small = torch.tensor([0.01, 0.02])
+    s = bd.output_witness(mlp, Bs, small, target=50.0, steps=40, lr=1.0)
+    assert (s <= _box_bound(mlp, Bs, small) + 1e-12).all()
+    # default lr 0.05: one Adam step moves every entry by at most 0.05·M
+    s = bd.output_witness(mlp, Bs, torch.tensor([4.0, 4.0]), target=50.0, steps=1)
+    assert (s <= _box_bound(mlp, Bs, torch.tensor([0.2, 0.2])) + 1e-12).all()
+    # default target 1: at A = 0, f(1) = 100·(0.2·0.5 − 0.3·0.3 + 0.05·0.1) = 1.5 ≥ 1, so the hinge is flat
+    # and A never moves
+    big = {**mlp, "weights": [mlp["weights"][0], 100 * mlp["weights"][1]]}
+    s = bd.output_witness(big, Bs, M, steps=3)
+    assert torch.allclose(s, torch.tensor([1.5, 1.5]), rtol=1e-12)
+
+
+def test_output_witness_scalar_box_float32_and_checks():
+    mlp, Bs = _witness_mlp()
+    m32 = {**mlp, "weights": [w.float() for w in mlp["weights"]], "biases": [b.float() for b in mlp["biases"]]}
+    s = bd.output_witness(m32, [b.float() for b in Bs], 1.0, steps=60)        # scalar M, float32 network
+    assert s.dtype == F32 and s.shape == (2,) and (s >= 1 - 1e-3).all()
+    for bad in (0.0, torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, float("nan")])):
+        with pytest.raises(ValueError, match="M must be positive"):
+            bd.output_witness(mlp, Bs, bad, steps=1)
+    with pytest.raises(ValueError, match="common S"):                       # factors of two batch sizes
+        bd.output_witness(mlp, [Bs[0], torch.cat([Bs[1], Bs[1]])], torch.tensor([1.0, 1.0]), steps=1)

@@ -369,3 +369,34 @@ def test_output_witness_scalar_box_float32_and_checks():
             bd.output_witness(mlp, Bs, bad, steps=1)
     with pytest.raises(ValueError, match="common S"):                       # factors of two batch sizes
         bd.output_witness(mlp, [Bs[0], torch.cat([Bs[1], Bs[1]])], torch.tensor([1.0, 1.0]), steps=1)
+
+
+# -------------------------------------------------------------------------------------- train_frozen_factor
+def test_train_frozen_factor_one_adam_step_closed_form():
+    """Linear network f(x) = (W + B A) x + b with D = 2 outputs and n = 3 samples: the loss is the mean over
+    samples of ‖f(x) − y‖², its gradient at A = 0 is (2/n) Σ_i Bᵀ(f_i − y_i) x_iᵀ, and Adam's first step with the
+    default lr 0.01 moves A to −0.01 g/(|g| + ε)."""
+    W, b = np.array([[1.0, -0.5], [0.3, 0.8]]), np.array([0.1, -0.2])
+    mlp = linear_mlp(W, b)
+    B = np.array([[[1.0], [-2.0]], [[0.5], [0.7]]])                          # (S = 2, D = 2, r = 1)
+    X = np.array([[[0.2, 0.9], [1.0, 0.3], [0.5, 0.5]], [[0.1, 0.4], [0.7, 0.2], [0.9, 1.0]]])
+    Y = np.array([[[0.5, 0.1], [1.2, -0.3], [0.0, 0.4]], [[-0.2, 0.6], [0.3, 0.3], [1.1, 0.0]]])
+    R = X @ W.T + b - Y                                                      # residuals at A = 0, (S, n, D)
+    g = 2 / 3 * np.einsum("sdr,snd,sne->sre", B, R, X)                       # (S, r, d)
+    (A,) = bd.train_frozen_factor(mlp, [torch.tensor(B)], torch.tensor(X), torch.tensor(Y), M=1.0, steps=1)
+    assert np.allclose(A.numpy(), -0.01 * g / (np.abs(g) + 1e-8), rtol=1e-13, atol=0)
+    # a box smaller than the step: the projection puts every entry on ±M
+    (A,) = bd.train_frozen_factor(mlp, [torch.tensor(B)], torch.tensor(X), torch.tensor(Y), M=0.004, steps=1)
+    assert np.array_equal(A.numpy(), -0.004 * np.sign(g))
+
+
+def test_train_frozen_factor_float32_and_names():
+    mlp = bd.make_mlp(2, 4, 1, 3, generator=gen(), dtype=F32)
+    Bs = bd.draw_factors(mlp, 1, 2, nu=1.0, generator=gen(1))
+    X, Y = torch.rand(2, 5, 2, dtype=F32), torch.zeros(2, 5, 3, dtype=F32)
+    As = bd.train_frozen_factor(mlp, Bs, X, Y, M=1.0, steps=2)
+    assert [a.dtype for a in As] == [F32, F32] and [tuple(a.shape) for a in As] == [(2, 1, 2), (2, 1, 4)]
+    with pytest.raises(ValueError, match="^X contains NaN"):
+        bd.train_frozen_factor(mlp, Bs, X * np.nan, Y, M=1.0, steps=1)
+    with pytest.raises(ValueError, match="^Y contains NaN"):
+        bd.train_frozen_factor(mlp, Bs, X, Y * np.nan, M=1.0, steps=1)

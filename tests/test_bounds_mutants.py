@@ -400,3 +400,98 @@ def test_train_frozen_factor_float32_and_names():
         bd.train_frozen_factor(mlp, Bs, X * np.nan, Y, M=1.0, steps=1)
     with pytest.raises(ValueError, match="^Y contains NaN"):
         bd.train_frozen_factor(mlp, Bs, X, Y * np.nan, M=1.0, steps=1)
+
+
+# ------------------------------------------------------------------------------------- teacher_student_gaps
+def _tsg(**kw):
+    cfg = dict(d=3, W=5, T=1, D=2, r=1, N=6, draws=4, steps=3, lr=1e-2, M=1.0, nu=0.5, noise=0.3, n_test=40,
+               seed=1, dtype="float64")
+    return {**cfg, **kw}
+
+
+def _np_forward(net, X):
+    """The ReLU MLP of eq. (2) at A = 0, in NumPy."""
+    h = np.asarray(X, dtype=float)
+    ws, bs = net["weights"], net["biases"]
+    for t, (w, b) in enumerate(zip(ws, bs)):
+        h = h @ w.double().numpy().T + b.double().numpy()
+        if t < len(ws) - 1:
+            h = np.maximum(h, 0)
+    return h
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Record the networks teacher_student_gaps builds and the data and factors it trains on."""
+    seen = {"nets": [], "train": []}
+    make, train = bd.make_mlp, bd.train_frozen_factor
+
+    def make_spy(*a, **k):
+        seen["nets"].append(make(*a, **k))
+        return seen["nets"][-1]
+
+    def train_spy(mlp, frozen, X, Y, **k):
+        As = train(mlp, frozen, X, Y, **k)
+        seen["train"].append((frozen, X, Y, As))
+        return As
+
+    monkeypatch.setattr(bd, "make_mlp", make_spy)
+    monkeypatch.setattr(bd, "train_frozen_factor", train_spy)
+    return seen
+
+
+def test_teacher_student_gaps_data_noise_and_risks(spy):
+    cfg = _tsg()
+    out = bd.teacher_student_gaps(cfg)
+    student, teacher = spy["nets"]
+    (Bs, X, Y, As), = spy["train"]
+    assert student["dims"] == teacher["dims"] == [3, 5, 2]
+    assert tuple(X.shape) == (4, 6, 3) and tuple(Y.shape) == (4, 6, 2) and 0 <= X.min() and X.max() <= 1
+    assert [tuple(b.shape) for b in Bs] == [(4, 5, 1), (4, 2, 1)]
+    eps = Y.numpy() - _np_forward(teacher, X)                                # label noise N(0, 0.3²), per draw
+    assert 0.7 < eps.std() / 0.3 < 1.3 and np.abs(eps).max() < 4 * 0.3
+    assert not np.allclose(eps[0], eps[1])
+    # risks: bounded absolute loss min(‖f − y‖₁, 1) at the trained A, averaged over the N samples
+    with torch.no_grad():
+        pred = bd.lora_mlp_forward(X, student, Bs, As).numpy()
+    train = np.minimum(np.abs(pred - Y.numpy()).sum(-1), 1).mean(-1)
+    assert set(out) == {"gap", "se", "train", "test", "gap_zero", "theta_pre_inf", "max_abs_A"}
+    assert np.allclose(out["train"], train, rtol=1e-12) and np.allclose(out["gap"], out["test"] - out["train"])
+    assert out["se"].shape == (4,) and (out["se"] > 0).all() and (out["se"] < 0.5 / np.sqrt(40)).all()
+    every = torch.cat([t.reshape(-1) for t in student["weights"] + student["biases"]]).abs().max().item()
+    assert out["theta_pre_inf"] == every and out["max_abs_A"] == max(a.abs().max().item() for a in As)
+    # gap_zero: the risk of the pretrained network (A = 0), by our own Monte-Carlo sample of 200,000 points,
+    # minus its training risk on each draw's data
+    rng = np.random.default_rng(0)
+    Xr = rng.uniform(0, 1, (200_000, 3))
+    Yr = _np_forward(teacher, Xr) + 0.3 * rng.standard_normal((200_000, 2))
+    risk = np.minimum(np.abs(_np_forward(student, Xr) - Yr).sum(-1), 1).mean()
+    train0 = np.minimum(np.abs(_np_forward(student, X) - Y.numpy()).sum(-1), 1).mean(-1)
+    assert np.allclose(out["gap_zero"] + train0, risk, atol=0.006)          # 3 standard errors of the estimate
+
+
+def test_teacher_student_gaps_crossed_layout_and_seeding(spy):
+    cfg = _tsg(r=2, draws=6, n_data=2, n_B=3, lr=1e-9)
+    out = bd.teacher_student_gaps(cfg)
+    (Bs, X, Y, As), = spy["train"]
+    assert [tuple(b.shape) for b in Bs] == [(6, 5, 2), (6, 2, 2)]
+    assert torch.equal(X[0], X[2]) and torch.equal(X[3], X[5]) and not torch.equal(X[0], X[3])   # data-major
+    assert torch.equal(Bs[0][0], Bs[0][3]) and not torch.equal(Bs[0][0], Bs[0][1])            # factor i % n_B
+    assert out["max_abs_A"] <= 3 * 1e-9 * (1 + 1e-6)                  # the config's lr: 3 steps of at most lr
+    again = bd.teacher_student_gaps(cfg)
+    assert np.array_equal(again["gap_zero"], out["gap_zero"])        # the 200,000-point sample is seeded too
+
+
+def test_teacher_student_gaps_float32_and_ascent_from_one_step():
+    out = bd.teacher_student_gaps(_tsg(dtype="float32", ascent_steps=1, n_ascent=10, n_eval=20))
+    assert out["G_lower"].shape == (4,) and all(np.isfinite(v).all() for v in out.values())
+
+
+@pytest.mark.parametrize("bad, name", [
+    (dict(draws=0), "draws"), (dict(N=0), "N"), (dict(n_test=0), "n_test"),
+    (dict(n_data=2), "n_B"), (dict(n_B=2), "n_data"), (dict(n_data=0, n_B=2), "n_data"),
+    (dict(n_data=2, n_B=0), "n_B"), (dict(ascent_steps=1, n_ascent=0, n_eval=5), "n_ascent"),
+    (dict(ascent_steps=1, n_ascent=5, n_eval=0), "n_eval")])
+def test_teacher_student_gaps_names_each_bad_count(bad, name):
+    with pytest.raises(ValueError, match=f"^{name} must be a positive integer"):
+        bd.teacher_student_gaps(_tsg(**bad))

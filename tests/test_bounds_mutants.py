@@ -495,3 +495,15 @@ def test_teacher_student_gaps_float32_and_ascent_from_one_step():
 def test_teacher_student_gaps_names_each_bad_count(bad, name):
     with pytest.raises(ValueError, match=f"^{name} must be a positive integer"):
         bd.teacher_student_gaps(_tsg(**bad))
+
+
+def test_output_witness_first_step_on_a_linear_network():
+    """One layer, f(1) = w + Σ_k B_k A_k: the hinge's gradient in A_k is −2(1 − |f|) sign(f) B_k, so Adam's first
+    step with the default lr moves A_k by 0.05·M·sign(f) sign(B_k) (up to ε) and |f(1)| = |f_0| + 0.05·M·‖B‖₁."""
+    mlp = {"weights": [torch.tensor([[0.2]])], "biases": [torch.zeros(1)], "dims": [1, 1], "theta_pre_inf": 0.2}
+    B = torch.tensor([[[1.0, -2.0]], [[0.5, 0.25]]])                        # (S = 2, 1, r = 2)
+    M = torch.tensor([0.5, 3.0])
+    s = bd.output_witness(mlp, [B], M, steps=1)
+    g = 2 * 0.8 * B.abs()                                                   # |gradient| at A = 0 (1 − 0.2 = 0.8)
+    want = 0.2 + (0.05 * M[:, None, None] * B.abs() * g / (g + 1e-8)).sum((-1, -2))
+    assert torch.allclose(s, want, rtol=1e-13)

@@ -132,30 +132,35 @@ def test_lipschitz_ratio_takes_the_largest_layer_difference():
 
 
 # -------------------------------------------------------------------------------------- minilm_head_logits
-@pytest.fixture
-def fake_minilm(monkeypatch):
+def _install_fake_minilm(monkeypatch, dtype=F64):
     """A stand-in for MiniLM's last LayerNorm (width 3, non-trivial γ, β, ε) and label directions, so that the
     head's arithmetic is checked on a hand-sized cache without loading the model."""
     from types import SimpleNamespace
 
     import lorabook.data as data
 
-    ln = torch.nn.LayerNorm(3, eps=0.1)
+    ln = torch.nn.LayerNorm(3, eps=0.1, dtype=dtype)
     with torch.no_grad():
         ln.weight.copy_(torch.tensor([1.0, 2.0, -0.5]))
         ln.bias.copy_(torch.tensor([0.1, 0.0, -0.2]))
     layer = SimpleNamespace(output=SimpleNamespace(LayerNorm=ln))
     model = SimpleNamespace(encoder=SimpleNamespace(layer=[layer]))
-    dirs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]])
+    dirs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8]], dtype=dtype)
     monkeypatch.setattr(data, "load_minilm", lambda: (None, model))
     monkeypatch.setattr(data, "label_directions", lambda: dirs)
     return ln, dirs
 
 
+@pytest.fixture
+def fake_minilm(monkeypatch):
+    return _install_fake_minilm(monkeypatch)
+
+
 def _head_reference(cache, A, B, mask, ln, dirs):
     """Token by token in NumPy: LayerNorm(base + B (mask·A) h), mean per snippet, cosine difference / 0.05."""
-    h, base, seg = cache["h"].numpy(), cache["base"].numpy(), cache["seg"].numpy()
-    g, b, eps = ln.weight.detach().numpy(), ln.bias.detach().numpy(), ln.eps
+    h, base, seg = cache["h"].double().numpy(), cache["base"].double().numpy(), cache["seg"].numpy()
+    g, b, eps = ln.weight.detach().double().numpy(), ln.bias.detach().double().numpy(), ln.eps
+    A, B, mask, dirs = (torch.as_tensor(t).double() for t in (A, B, mask, dirs))
     out = np.zeros((A.shape[0], cache["n"]))
     for s in range(A.shape[0]):
         dW = B[s].numpy() @ (A[s].numpy() * mask[s].numpy()[:, None])
@@ -507,3 +512,92 @@ def test_output_witness_first_step_on_a_linear_network():
     g = 2 * 0.8 * B.abs()                                                   # |gradient| at A = 0 (1 − 0.2 = 0.8)
     want = 0.2 + (0.05 * M[:, None, None] * B.abs() * g / (g + 1e-8)).sum((-1, -2))
     assert torch.allclose(s, want, rtol=1e-13)
+
+
+# ------------------------------------------------------------------------------------- minilm_asymmetry_run
+def _fake_pool(d_in=5):
+    """Hand-sized float32 caches (snippets of 1–3 tokens, width d_in → 3) standing in for minilm_pool."""
+    g = gen(8)
+
+    def cache(lens):
+        seg = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+        return {"h": torch.randn(len(seg), d_in, generator=g, dtype=F32),
+                "base": torch.randn(len(seg), 3, generator=g, dtype=F32), "seg": seg, "n": len(lens)}
+
+    y = lambda *v: torch.tensor(v, dtype=F32)
+    return {"train": cache([1, 2, 3, 1, 2, 2]), "dev": cache([2, 1, 3, 1, 2]), "test": cache([1, 1, 2, 3, 2]),
+            "y_train": y(1, 1, 1, 0, 0, 0), "y_dev": y(1, 0, 1, 0, 0), "y_test": y(0, 1, 1, 0, 1),
+            "zero_shot": {"train": 0.5, "dev": 0.25, "test": 0.75}}
+
+
+def _bce(z, y):
+    return np.where(y > 0.5, np.logaddexp(0, -z), np.logaddexp(0, z)).mean()
+
+
+def _balanced(z, y):
+    pos, wrong = y > 0.5, (z > 0) != (y > 0.5)
+    return 0.5 * (wrong[pos].mean() + wrong[~pos].mean())
+
+
+def _adam_first_step(loss, P, lr, lim):
+    """Adam's first step −lr·g/(|g| + ε) from P with g by central differences, then the box |entries| ≤ lim."""
+    g = np.zeros_like(P)
+    for i in np.ndindex(P.shape):
+        e = np.zeros_like(P)
+        e[i] = 1e-6
+        g[i] = (loss(P + e) - loss(P - e)) / 2e-6
+    assert (np.abs(g) > 1e-5).all()
+    return np.clip(P - lr * g / (np.abs(g) + 1e-8), -lim, lim)
+
+
+def test_minilm_asymmetry_run_one_step_against_a_reference(monkeypatch):
+    """One full-batch Adam step per configuration on a hand-sized pool, redone with the NumPy head of
+    _head_reference: trained factors, box per mode (|A| ≤ m√r, |B| ≤ m√d_in), losses, balanced errors, the
+    fraction of entries on the box and the parameter counts. Configurations of one (mode, lr) share a program."""
+    ln, dirs = _install_fake_minilm(monkeypatch, F32)
+    pool = _fake_pool()
+    monkeypatch.setattr(bd, "minilm_pool", lambda **kw: pool)
+    inits, init = {}, bd.init_head_factors
+
+    def init_spy(modes, ranks, *a, **k):
+        f = init(modes, ranks, *a, **k)
+        inits[(modes[0], ranks[0])] = {key: v.clone() for key, v in f.items()}
+        return f
+
+    monkeypatch.setattr(bd, "init_head_factors", init_spy)
+    m, d_in = 0.05, 5
+    configs = [["A", 2, 10.0], ["A", 1, 10.0], ["B", 1, 0.08], ["B", 2, 10.0], ["both", 2, 10.0]]
+    out = bd.minilm_asymmetry_run({"pool": {}, "seed": 3, "configs": configs, "steps": 1, "m": m})
+    logits = lambda split, A, B: _head_reference(pool[split], A[None], B[None], np.ones((1, A.shape[0])), ln,
+                                                 dirs)[0]
+    y = {s: pool[f"y_{s}"].numpy() for s in ("train", "dev", "test")}
+    for i, (mode, r, lr) in enumerate(configs):
+        A0, B0 = (inits[(mode, r)][k][0].double().numpy() for k in ("A", "B"))
+        boxA, boxB = m * math.sqrt(r), m * math.sqrt(d_in)
+        if mode == "A":
+            A, B = _adam_first_step(lambda A: _bce(logits("train", A, B0), y["train"]), A0, lr, boxA), B0
+            on, params = np.abs(A) >= boxA * (1 - 1e-6), r * d_in
+        else:
+            A = np.clip(A0, -boxA, boxA) if mode == "both" else A0      # at B = 0 the gradient in A vanishes
+            B = _adam_first_step(lambda B: _bce(logits("train", A, B), y["train"]), B0, lr, boxB)
+            on = np.abs(B) >= boxB * (1 - 1e-6)
+            if mode == "both":
+                on = np.concatenate([(np.abs(A) >= boxA * (1 - 1e-6)).ravel(), on.ravel()])
+            params = on.size
+        assert out["params"][i] == params and out["at_box"][i] == on.mean()
+        assert np.isclose(out["train_loss"][i], _bce(logits("train", A, B), y["train"]), rtol=1e-4)
+        for split in ("train", "dev", "test"):
+            assert out[f"{split}_err"][i] == _balanced(logits(split, A, B), y[split])
+    assert out["at_box"][2] == 0 and out["at_box"][0] == 1                  # lr 0.08 < m√d_in; lr 10 ≫ m√r
+    assert out["zero_shot"] == pool["zero_shot"] and out["configs"] == [tuple(c) for c in configs]
+    again = bd.minilm_asymmetry_run({"pool": {}, "seed": 3, "configs": configs, "steps": 1, "m": m})
+    assert all(np.array_equal(out[k], again[k]) for k in ("train_loss", "at_box"))     # seeded
+
+
+@pytest.mark.parametrize("bad, name", [(dict(m=0.0), "m"), (dict(steps=0), "steps"),
+                                       (dict(configs=[["A", 0, 0.1]]), "rank"), (dict(configs=[["A", 1, 0.0]]), "lr")])
+def test_minilm_asymmetry_run_names_each_bad_value(monkeypatch, bad, name):
+    monkeypatch.setattr(bd, "minilm_pool", lambda **kw: _fake_pool())
+    cfg = {"pool": {}, "seed": 0, "configs": [["A", 1, 0.1]], "steps": 1, "m": 0.1, **bad}
+    with pytest.raises(ValueError, match=f"^{name} must be a positive"):
+        bd.minilm_asymmetry_run(cfg)

@@ -601,3 +601,35 @@ def test_minilm_asymmetry_run_names_each_bad_value(monkeypatch, bad, name):
     cfg = {"pool": {}, "seed": 0, "configs": [["A", 1, 0.1]], "steps": 1, "m": 0.1, **bad}
     with pytest.raises(ValueError, match=f"^{name} must be a positive"):
         bd.minilm_asymmetry_run(cfg)
+
+
+# ------------------------------------------------------------------------------------- random_feature_probe
+def _probe_pool(n=(30, 20, 20), d_in=4):
+    """Snippets of 1–3 identical tokens whose mean activation has first coordinate 1 + label (+ noise 0.1): the
+    label is linearly separable in the mean-pooled activations, and not in the token sums (1–3 × the mean).
+    Two thirds of the snippets are positive."""
+    rng = np.random.default_rng(4)
+    pool = {"zero_shot": {}}
+    for split, k in zip(("train", "dev", "test"), n):
+        y = (np.arange(k) % 3 != 0).astype(int)                              # two positives in three
+        cnt = rng.integers(1, 4, k)
+        mean = rng.normal(0, 1, (k, d_in))
+        mean[:, 0] = 1 + y + 0.1 * rng.normal(size=k)
+        seg = np.repeat(np.arange(k), cnt)
+        pool[split] = {"h": torch.tensor(mean[seg], dtype=F32), "base": torch.tensor(rng.normal(size=(len(seg), 3)),
+                       dtype=F32), "seg": torch.tensor(seg), "n": k}
+        pool[f"y_{split}"] = torch.tensor(y, dtype=F32)
+    return pool
+
+
+def test_random_feature_probe_pools_by_the_mean_and_uses_each_C(monkeypatch):
+    _install_fake_minilm(monkeypatch, F32)
+    pool = _probe_pool()
+    assert bd.random_feature_probe(pool, [None]) == {None: 0.0}             # separable: a large C fits it
+    # a tiny C shrinks every weight to ~0 and the (unpenalised) intercept predicts the majority class
+    # everywhere: balanced error 1/2
+    assert bd.random_feature_probe(pool, [None], Cs=(1e-6,)) == {None: 0.5}
+    out = bd.random_feature_probe(pool, [1, 2, 3], Cs=(1.0,))
+    assert out == bd.random_feature_probe(pool, [1, 2, 3], seed=0, Cs=(1.0,))   # the default seed, reproducibly
+    with pytest.raises(ValueError, match="^rank must be a positive integer"):
+        bd.random_feature_probe(pool, [0])

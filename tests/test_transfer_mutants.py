@@ -578,7 +578,8 @@ def test_refine_stops_once_the_damping_reaches_1e8():
     V = tr.true_row_space(t.W1)
     Z0 = tr.slides_estimate(t.M[0], V, 2)
     one = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=1, damping=1e8)
-    assert torch.equal(tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=10, damping=1e8), one)
+    assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=10, damping=1e8), one,
+                          atol=1e-12)
     assert torch.allclose(one, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 1, 1e8), atol=1e-12)
     assert not torch.allclose(one, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 10, 1e8), atol=1e-6)
 
@@ -594,7 +595,8 @@ def test_transfer_default_iterations():
     t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
     x, y = tr.sample(t, 40, generator=gen(13))
     Z = tr.transfer(x, y, t.M, 2, activation="tanh").Z
-    assert torch.equal(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=10).Z)
+    # (repeated calls agree to ~1e-11, not bit for bit: the row-space step is not bitwise reproducible)
+    assert torch.allclose(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=10).Z, atol=1e-9)
     assert not torch.allclose(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=11).Z, atol=1e-6)
 
 

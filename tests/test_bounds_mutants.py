@@ -633,3 +633,11 @@ def test_random_feature_probe_pools_by_the_mean_and_uses_each_C(monkeypatch):
     assert out == bd.random_feature_probe(pool, [1, 2, 3], seed=0, Cs=(1.0,))   # the default seed, reproducibly
     with pytest.raises(ValueError, match="^rank must be a positive integer"):
         bd.random_feature_probe(pool, [0])
+
+
+@pytest.mark.parametrize("key", sorted(_tsg()))
+def test_teacher_student_gaps_names_each_missing_key(key):
+    cfg = _tsg()
+    del cfg[key]
+    with pytest.raises(ValueError, match=re.escape(f"config lacks keys ['{key}']")):
+        bd.teacher_student_gaps(cfg)

@@ -602,17 +602,18 @@ def test_transfer_default_iterations():
 
 def test_fit_lora_validation_uses_only_the_held_out_samples():
     """Slice 0 (size 4, one validation sample) is fitted next to slice 1 (size 8, two): its validation loss must
-    use its sample 0 only. Sample 0 is fitted exactly by Z = 0 and the training samples carry an offset of 5, so
-    the tiny learning rate (Z stays ≈ 0) wins on validation; counting the first training sample as well would
-    pick the large one."""
+    use its sample 0 only. The targets come from a rank-1 shift Z* = b aᵀ with a ⟂ x_0, so sample 0 is fitted
+    exactly by Z = 0 and the training samples need Z*: the tiny learning rate (Z stays ≈ 0) wins on validation;
+    counting the first training sample as well would pick the large one, which fits it better."""
     g = gen(21)
     S, n, d, k1 = 2, 8, 3, 2
     M1, M2 = torch.randn(S, k1, d, generator=g, dtype=F64), torch.randn(S, 1, k1, generator=g, dtype=F64)
     x = torch.randn(S, n, d, generator=g, dtype=F64)
-    y = tr.mlp_forward(x, [M1, M2], "linear") + 5.0
-    y[:, 0] -= 5.0                                                           # sample 0: exact at Z = 0
+    a = torch.linalg.cross(x[:, 0], torch.randn(S, d, generator=g, dtype=F64))          # a ⟂ x_0
+    Zs = 3 * torch.randn(S, k1, 1, generator=g, dtype=F64) * a[:, None, :] / a.norm(dim=-1)[:, None, None]
+    y = tr.mlp_forward(x, [M1 + Zs, M2], "linear")
     kw = dict(sizes=[4, 8], activation="linear", val_frac=0.25, batch_size=None, generator=gen(2))
-    Z = tr.fit_lora_first_layer(x, y, [M1, M2], 1, [1e-7, 0.1], 60, **kw)
+    Z = tr.fit_lora_first_layer(x, y, [M1, M2], 1, [1e-7, 0.1], 100, **kw)
     assert Z[0].abs().max() < 1e-4
-    big = tr.fit_lora_first_layer(x, y, [M1, M2], 1, [0.1], 60, **kw)       # the large lr does move Z
+    big = tr.fit_lora_first_layer(x, y, [M1, M2], 1, [0.1], 100, **kw)      # the large lr does move Z
     assert big[0].abs().max() > 0.1

@@ -617,3 +617,25 @@ def test_fit_lora_validation_uses_only_the_held_out_samples():
     assert Z[0].abs().max() < 1e-4
     big = tr.fit_lora_first_layer(x, y, [M1, M2], 1, [0.1], 100, **kw)      # the large lr does move Z
     assert big[0].abs().max() > 0.1
+
+
+def test_refine_raises_the_damping_after_rejected_steps():
+    """Large noise and a damping of 1e-9: the first Gauss–Newton steps overshoot and are rejected until λ has
+    grown (×4 per rejection); the replica follows the same rule for 12 iterations."""
+    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=1.0)
+    x, y = tr.sample(t, 25, generator=gen(1))
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=12, damping=1e-9)
+    assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 12, 1e-9), atol=1e-10)
+
+
+def test_refine_stops_once_a_step_gains_less_than_1e_10():
+    """Once an accepted step lowers the loss by less than a relative 1e-10 (here by iteration 19), the slice is
+    finished: more iterations return the same Z (without the stop, the later steps still move it by ~1e-6)."""
+    t = small_teacher(activation="tanh", widths=(2, 3, 1), d=5, rank=1, seeds=2, noise=0.05)
+    x, y = tr.sample(t, 30, generator=gen(3))
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 1)
+    Z19 = tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=19)
+    assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=25), Z19, atol=1e-9)

@@ -539,21 +539,35 @@ def _balanced(z, y):
     return 0.5 * (wrong[pos].mean() + wrong[~pos].mean())
 
 
-def _adam_first_step(loss, P, lr, lim):
-    """Adam's first step −lr·g/(|g| + ε) from P with g by central differences, then the box |entries| ≤ lim."""
-    g = np.zeros_like(P)
-    for i in np.ndindex(P.shape):
-        e = np.zeros_like(P)
-        e[i] = 1e-6
-        g[i] = (loss(P + e) - loss(P - e)) / 2e-6
-    assert (np.abs(g) > 1e-5).all()
-    return np.clip(P - lr * g / (np.abs(g) + 1e-8), -lim, lim)
+def _adam(loss, Ps, lr, lims, steps):
+    """Full-batch Adam (β = 0.9, 0.999, ε = 1e-8) on the arrays Ps with gradients by central differences, each
+    projected onto |entries| ≤ its limit after every step."""
+    Ps = [P.copy() for P in Ps]
+    m = [np.zeros_like(P) for P in Ps]
+    v = [np.zeros_like(P) for P in Ps]
+    for t in range(1, steps + 1):
+        grads = []
+        for k, P in enumerate(Ps):
+            g = np.zeros_like(P)
+            for i in np.ndindex(P.shape):
+                up, down = [Q.copy() for Q in Ps], [Q.copy() for Q in Ps]
+                up[k][i] += 1e-6
+                down[k][i] -= 1e-6
+                g[i] = (loss(*up) - loss(*down)) / 2e-6
+            grads.append(g)
+        for k, g in enumerate(grads):
+            m[k] = 0.9 * m[k] + 0.1 * g
+            v[k] = 0.999 * v[k] + 0.001 * g * g
+            step = (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
+            Ps[k] = np.clip(Ps[k] - lr * step, -lims[k], lims[k])
+    return Ps
 
 
-def test_minilm_asymmetry_run_one_step_against_a_reference(monkeypatch):
-    """One full-batch Adam step per configuration on a hand-sized pool, redone with the NumPy head of
-    _head_reference: trained factors, box per mode (|A| ≤ m√r, |B| ≤ m√d_in), losses, balanced errors, the
-    fraction of entries on the box and the parameter counts. Configurations of one (mode, lr) share a program."""
+def test_minilm_asymmetry_run_two_steps_against_a_reference(monkeypatch):
+    """Two full-batch Adam steps per configuration on a hand-sized pool, redone with the NumPy head of
+    _head_reference: trained factors (the frozen one never moves), box per mode (|A| ≤ m√r, |B| ≤ m√d_in),
+    losses, balanced errors, the fraction of entries on the box and the parameter counts. Configurations of one
+    (mode, lr) share a program."""
     ln, dirs = _install_fake_minilm(monkeypatch, F32)
     pool = _fake_pool()
     monkeypatch.setattr(bd, "minilm_pool", lambda **kw: pool)
@@ -566,31 +580,35 @@ def test_minilm_asymmetry_run_one_step_against_a_reference(monkeypatch):
 
     monkeypatch.setattr(bd, "init_head_factors", init_spy)
     m, d_in = 0.05, 5
-    configs = [["A", 2, 10.0], ["A", 1, 10.0], ["B", 1, 0.08], ["B", 2, 10.0], ["both", 2, 10.0]]
-    out = bd.minilm_asymmetry_run({"pool": {}, "seed": 3, "configs": configs, "steps": 1, "m": m})
+    configs = [["A", 2, 10.0], ["A", 1, 10.0], ["B", 1, 0.03], ["B", 2, 10.0], ["both", 2, 10.0],
+               ["both", 2, 0.05]]
+    run = lambda: bd.minilm_asymmetry_run({"pool": {}, "seed": 3, "configs": configs, "steps": 2, "m": m})
+    out = run()
     logits = lambda split, A, B: _head_reference(pool[split], A[None], B[None], np.ones((1, A.shape[0])), ln,
                                                  dirs)[0]
     y = {s: pool[f"y_{s}"].numpy() for s in ("train", "dev", "test")}
+    loss = lambda A, B: _bce(logits("train", A, B), y["train"])
+    near = lambda P, lim: np.abs(P) >= lim * (1 - 1e-6)
     for i, (mode, r, lr) in enumerate(configs):
         A0, B0 = (inits[(mode, r)][k][0].double().numpy() for k in ("A", "B"))
         boxA, boxB = m * math.sqrt(r), m * math.sqrt(d_in)
         if mode == "A":
-            A, B = _adam_first_step(lambda A: _bce(logits("train", A, B0), y["train"]), A0, lr, boxA), B0
-            on, params = np.abs(A) >= boxA * (1 - 1e-6), r * d_in
+            (A,), B = _adam(lambda A: loss(A, B0), [A0], lr, [boxA], 2), B0
+            on = near(A, boxA)
+        elif mode == "B":
+            A, (B,) = A0, _adam(lambda B: loss(A0, B), [B0], lr, [boxB], 2)
+            on = near(B, boxB)
         else:
-            A = np.clip(A0, -boxA, boxA) if mode == "both" else A0      # at B = 0 the gradient in A vanishes
-            B = _adam_first_step(lambda B: _bce(logits("train", A, B), y["train"]), B0, lr, boxB)
-            on = np.abs(B) >= boxB * (1 - 1e-6)
-            if mode == "both":
-                on = np.concatenate([(np.abs(A) >= boxA * (1 - 1e-6)).ravel(), on.ravel()])
-            params = on.size
-        assert out["params"][i] == params and out["at_box"][i] == on.mean()
-        assert np.isclose(out["train_loss"][i], _bce(logits("train", A, B), y["train"]), rtol=1e-4)
+            A, B = _adam(loss, [np.clip(A0, -boxA, boxA), B0], lr, [boxA, boxB], 2)
+            on = np.concatenate([near(A, boxA).ravel(), near(B, boxB).ravel()])
+        assert out["params"][i] == on.size and out["at_box"][i] == on.mean()
+        assert np.isclose(out["train_loss"][i], loss(A, B), rtol=1e-4)
+        if i == 2:                 # lr 0.03: B passes m√r (A's box at r = 1) but stays inside its own box m√d_in
+            assert out["at_box"][i] == 0 and np.abs(B).max() > m
         for split in ("train", "dev", "test"):
             assert out[f"{split}_err"][i] == _balanced(logits(split, A, B), y[split])
-    assert out["at_box"][2] == 0 and out["at_box"][0] == 1                  # lr 0.08 < m√d_in; lr 10 ≫ m√r
     assert out["zero_shot"] == pool["zero_shot"] and out["configs"] == [tuple(c) for c in configs]
-    again = bd.minilm_asymmetry_run({"pool": {}, "seed": 3, "configs": configs, "steps": 1, "m": m})
+    again = run()
     assert all(np.array_equal(out[k], again[k]) for k in ("train_loss", "at_box"))     # seeded
 
 

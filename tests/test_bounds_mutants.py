@@ -622,17 +622,17 @@ def test_minilm_asymmetry_run_names_each_bad_value(monkeypatch, bad, name):
 
 
 # ------------------------------------------------------------------------------------- random_feature_probe
-def _probe_pool(n=(30, 20, 20), d_in=4):
+def _probe_pool(n=(30, 20, 20), d_in=4, scale=1.0):
     """Snippets of 1–3 identical tokens whose mean activation has first coordinate 1 + label (+ noise 0.1): the
     label is linearly separable in the mean-pooled activations, and not in the token sums (1–3 × the mean).
-    Two thirds of the snippets are positive."""
+    Two thirds of the snippets are positive; ``scale`` multiplies the informative coordinate."""
     rng = np.random.default_rng(4)
     pool = {"zero_shot": {}}
     for split, k in zip(("train", "dev", "test"), n):
         y = (np.arange(k) % 3 != 0).astype(int)                              # two positives in three
         cnt = rng.integers(1, 4, k)
         mean = rng.normal(0, 1, (k, d_in))
-        mean[:, 0] = 1 + y + 0.1 * rng.normal(size=k)
+        mean[:, 0] = scale * (1 + y + 0.1 * rng.normal(size=k))
         seg = np.repeat(np.arange(k), cnt)
         pool[split] = {"h": torch.tensor(mean[seg], dtype=F32), "base": torch.tensor(rng.normal(size=(len(seg), 3)),
                        dtype=F32), "seg": torch.tensor(seg), "n": k}
@@ -651,6 +651,9 @@ def test_random_feature_probe_pools_by_the_mean_and_uses_each_C(monkeypatch):
     assert out == bd.random_feature_probe(pool, [1, 2, 3], seed=0, Cs=(1.0,))   # the default seed, reproducibly
     with pytest.raises(ValueError, match="^rank must be a positive integer"):
         bd.random_feature_probe(pool, [0])
+    # each feature is standardised on its own: an informative coordinate 1000× smaller than the others is as
+    # usable as any (without per-feature scaling, C = 1 would shrink its weight, ~1000, away)
+    assert bd.random_feature_probe(_probe_pool(scale=1e-3), [None], Cs=(1.0,)) == {None: 0.0}
 
 
 @pytest.mark.parametrize("key", sorted(_tsg()))

@@ -622,17 +622,18 @@ def test_minilm_asymmetry_run_names_each_bad_value(monkeypatch, bad, name):
 
 
 # ------------------------------------------------------------------------------------- random_feature_probe
-def _probe_pool(n=(30, 20, 20), d_in=4, scale=1.0):
+def _probe_pool(n=(30, 20, 20), d_in=4, scale=1.0, offset=0.0):
     """Snippets of 1–3 identical tokens whose mean activation has first coordinate 1 + label (+ noise 0.1): the
     label is linearly separable in the mean-pooled activations, and not in the token sums (1–3 × the mean).
-    Two thirds of the snippets are positive; ``scale`` multiplies the informative coordinate."""
+    Two thirds of the snippets are positive; ``scale`` multiplies the informative coordinate and ``offset`` is
+    added to it."""
     rng = np.random.default_rng(4)
     pool = {"zero_shot": {}}
     for split, k in zip(("train", "dev", "test"), n):
         y = (np.arange(k) % 3 != 0).astype(int)                              # two positives in three
         cnt = rng.integers(1, 4, k)
         mean = rng.normal(0, 1, (k, d_in))
-        mean[:, 0] = scale * (1 + y + 0.1 * rng.normal(size=k))
+        mean[:, 0] = scale * (1 + y + 0.1 * rng.normal(size=k)) + offset
         seg = np.repeat(np.arange(k), cnt)
         pool[split] = {"h": torch.tensor(mean[seg], dtype=F32), "base": torch.tensor(rng.normal(size=(len(seg), 3)),
                        dtype=F32), "seg": torch.tensor(seg), "n": k}
@@ -654,6 +655,8 @@ def test_random_feature_probe_pools_by_the_mean_and_uses_each_C(monkeypatch):
     # each feature is standardised on its own: an informative coordinate 1000× smaller than the others is as
     # usable as any (without per-feature scaling, C = 1 would shrink its weight, ~1000, away)
     assert bd.random_feature_probe(_probe_pool(scale=1e-3), [None], Cs=(1.0,)) == {None: 0.0}
+    # and centred: an offset of 300 (300 standard deviations) does not hinder the fit
+    assert bd.random_feature_probe(_probe_pool(offset=300.0), [None], Cs=(1.0,)) == {None: 0.0}
 
 
 @pytest.mark.parametrize("key", sorted(_tsg()))

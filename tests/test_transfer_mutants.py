@@ -565,9 +565,9 @@ def test_refine_slices_are_independent_problems():
     Z0 = tr.slides_estimate(t.M[0], V, 2)
     for iters in (1, 3):
         got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=iters)
-        assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", iters, 1e-3), atol=1e-10)
+        assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", iters, 1e-3), rtol=0, atol=1e-10)
         alone = tr.refine_in_row_space(x[1:], y[1:], [m[1:] for m in t.M], V[1:], Z0[1:], 2, "tanh", iters=iters)
-        assert torch.allclose(got[1:], alone, atol=1e-12)
+        assert torch.allclose(got[1:], alone, rtol=0, atol=1e-12)
 
 
 def test_refine_stops_once_the_damping_reaches_1e8():
@@ -579,9 +579,9 @@ def test_refine_stops_once_the_damping_reaches_1e8():
     Z0 = tr.slides_estimate(t.M[0], V, 2)
     one = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=1, damping=1e8)
     assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=10, damping=1e8), one,
-                          atol=1e-12)
-    assert torch.allclose(one, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 1, 1e8), atol=1e-12)
-    assert not torch.allclose(one, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 10, 1e8), atol=1e-6)
+                          rtol=0, atol=1e-12)
+    assert torch.allclose(one, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 1, 1e8), rtol=0, atol=1e-12)
+    assert not torch.allclose(one, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 10, 1e8), rtol=0, atol=1e-6)
 
 
 def test_mlp_forward_names_the_columns_of_a_batched_layer():
@@ -596,8 +596,8 @@ def test_transfer_default_iterations():
     x, y = tr.sample(t, 40, generator=gen(13))
     Z = tr.transfer(x, y, t.M, 2, activation="tanh").Z
     # (repeated calls agree to ~1e-11, not bit for bit: the row-space step is not bitwise reproducible)
-    assert torch.allclose(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=10).Z, atol=1e-9)
-    assert not torch.allclose(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=11).Z, atol=1e-6)
+    assert torch.allclose(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=10).Z, rtol=0, atol=1e-9)
+    assert not torch.allclose(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=11).Z, rtol=0, atol=1e-6)
 
 
 def test_fit_lora_validation_uses_only_the_held_out_samples():
@@ -627,7 +627,7 @@ def test_refine_raises_the_damping_after_rejected_steps():
     V = tr.true_row_space(t.W1)
     Z0 = tr.slides_estimate(t.M[0], V, 2)
     got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=12, damping=1e-9)
-    assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 12, 1e-9), atol=1e-10)
+    assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 12, 1e-9), rtol=0, atol=1e-10)
 
 
 def test_refine_stops_once_a_step_gains_less_than_1e_10():
@@ -638,4 +638,14 @@ def test_refine_stops_once_a_step_gains_less_than_1e_10():
     V = tr.true_row_space(t.W1)
     Z0 = tr.slides_estimate(t.M[0], V, 1)
     Z19 = tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=19)
-    assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=25), Z19, atol=1e-9)
+    assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=25), Z19, rtol=0, atol=1e-9)
+
+
+def test_refine_damping_never_falls_below_1e_9():
+    """Starting at the floor λ = 1e-9, accepted steps divide λ by 3 but it stays at 1e-9 (the replica's rule)."""
+    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
+    x, y = tr.sample(t, 25, generator=gen(11))
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=4, damping=1e-9)
+    assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 4, 1e-9), rtol=0, atol=1e-10)

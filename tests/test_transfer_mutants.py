@@ -551,3 +551,101 @@ def test_orthonormality_check_follows_the_precision():
             tr.slides_estimate(M1.to(dtype), (V * 1.01).to(dtype), 1)
     with pytest.raises(ValueError, match="orthonormal"):
         tr.slides_estimate(M1, V + 1e-6, 1)   # float64 keeps its tolerance of 1e-8
+
+
+# ------------------------------------------------------------------- refinement: slices, stopping, defaults
+def test_refine_slices_are_independent_problems():
+    """Slice 0 has 20× the noise of slice 1, so its loss is ~400× larger: each slice must accept or reject its
+    steps against its own loss (the replica solves the slices one at a time)."""
+    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
+    x, y = tr.sample(t, 40, generator=gen(11))
+    y = y.clone()
+    y[0] += 6.0 * torch.randn(y[0].shape, generator=gen(1), dtype=F64)
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    for iters in (1, 3):
+        got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=iters)
+        assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", iters, 1e-3), rtol=0, atol=1e-10)
+        alone = tr.refine_in_row_space(x[1:], y[1:], [m[1:] for m in t.M], V[1:], Z0[1:], 2, "tanh", iters=iters)
+        assert torch.allclose(got[1:], alone, rtol=0, atol=1e-12)
+
+
+def test_refine_stops_once_the_damping_reaches_1e8():
+    """A slice whose damping λ is 1e8 is finished after its step: with λ = 1e8 from the start, every slice stops
+    after one iteration, whatever ``iters`` allows (the replica, which never stops early, moves on)."""
+    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
+    x, y = tr.sample(t, 40, generator=gen(11))
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    one = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=1, damping=1e8)
+    assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=10, damping=1e8), one,
+                          rtol=0, atol=1e-12)
+    assert torch.allclose(one, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 1, 1e8), rtol=0, atol=1e-12)
+    assert not torch.allclose(one, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 10, 1e8), rtol=0, atol=1e-6)
+
+
+def test_mlp_forward_names_the_columns_of_a_batched_layer():
+    x = torch.randn(2, 4, 3, dtype=F64)
+    W1, W2 = torch.randn(2, 5, 3, dtype=F64), torch.randn(2, 1, 6, dtype=F64)   # W_2 has 1 row, 6 columns
+    with pytest.raises(ValueError, match=re.escape("W_2 has 6 columns but its input has width 5")):
+        tr.mlp_forward(x, [W1, W2])
+
+
+def test_transfer_default_iterations():
+    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
+    x, y = tr.sample(t, 40, generator=gen(13))
+    Z = tr.transfer(x, y, t.M, 2, activation="tanh").Z
+    # (repeated calls agree to ~1e-11, not bit for bit: the row-space step is not bitwise reproducible)
+    assert torch.allclose(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=10).Z, rtol=0, atol=1e-9)
+    assert not torch.allclose(Z, tr.transfer(x, y, t.M, 2, activation="tanh", iters=11).Z, rtol=0, atol=1e-6)
+
+
+def test_fit_lora_validation_uses_only_the_held_out_samples():
+    """Slice 0 (size 4, one validation sample) is fitted next to slice 1 (size 8, two): its validation loss must
+    use its sample 0 only. The targets come from a rank-1 shift Z* = b aᵀ with a ⟂ x_0, so sample 0 is fitted
+    exactly by Z = 0 and the training samples need Z*: the tiny learning rate (Z stays ≈ 0) wins on validation;
+    counting the first training sample as well would pick the large one, which fits it better."""
+    g = gen(21)
+    S, n, d, k1 = 2, 8, 3, 2
+    M1, M2 = torch.randn(S, k1, d, generator=g, dtype=F64), torch.randn(S, 1, k1, generator=g, dtype=F64)
+    x = torch.randn(S, n, d, generator=g, dtype=F64)
+    a = torch.linalg.cross(x[:, 0], torch.randn(S, d, generator=g, dtype=F64))          # a ⟂ x_0
+    Zs = 3 * torch.randn(S, k1, 1, generator=g, dtype=F64) * a[:, None, :] / a.norm(dim=-1)[:, None, None]
+    y = tr.mlp_forward(x, [M1 + Zs, M2], "linear")
+    kw = dict(sizes=[4, 8], activation="linear", val_frac=0.25, batch_size=None, generator=gen(2))
+    Z = tr.fit_lora_first_layer(x, y, [M1, M2], 1, [1e-7, 0.1], 100, **kw)
+    assert Z[0].abs().max() < 1e-4
+    big = tr.fit_lora_first_layer(x, y, [M1, M2], 1, [0.1], 100, **kw)      # the large lr does move Z
+    assert big[0].abs().max() > 0.1
+
+
+def test_refine_raises_the_damping_after_rejected_steps():
+    """Large noise and a damping of 1e-9: the first Gauss–Newton steps overshoot and are rejected until λ has
+    grown (×4 per rejection); the replica follows the same rule for 12 iterations."""
+    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=1.0)
+    x, y = tr.sample(t, 25, generator=gen(1))
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=12, damping=1e-9)
+    assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 12, 1e-9), rtol=0, atol=1e-10)
+
+
+def test_refine_stops_once_a_step_gains_less_than_1e_10():
+    """Once an accepted step lowers the loss by less than a relative 1e-10 (here by iteration 19), the slice is
+    finished: more iterations return the same Z (without the stop, the later steps still move it by ~1e-6)."""
+    t = small_teacher(activation="tanh", widths=(2, 3, 1), d=5, rank=1, seeds=2, noise=0.05)
+    x, y = tr.sample(t, 30, generator=gen(3))
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 1)
+    Z19 = tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=19)
+    assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=25), Z19, rtol=0, atol=1e-9)
+
+
+def test_refine_damping_never_falls_below_1e_9():
+    """Starting at the floor λ = 1e-9, accepted steps divide λ by 3 but it stays at 1e-9 (the replica's rule)."""
+    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
+    x, y = tr.sample(t, 25, generator=gen(11))
+    V = tr.true_row_space(t.W1)
+    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=4, damping=1e-9)
+    assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 4, 1e-9), rtol=0, atol=1e-10)

@@ -2,6 +2,7 @@
 
     python tools/mutation.py                       # every module of MODULES
     python tools/mutation.py linalg train          # some of them
+    python tools/mutation.py --report-only         # rewrite the table from the results mutmut already holds
 
 Runs mutmut (configured in ``pyproject.toml``) on the chosen modules, then writes the mutation score per module into
 ``benchmarks/results.md`` (between the ``mutation`` markers) and lists every surviving mutant. A survivor is either
@@ -50,12 +51,14 @@ def public(name: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
+    report_only = "--report-only" in argv
+    argv = [a for a in argv if a != "--report-only"]
     modules = argv or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
         print(f"unknown module(s) {unknown}; choose from {MODULES}")
         return 2
-    for m in modules:
+    for m in ([] if report_only else modules):
         print(f"== mutmut on lorabook/{m}.py ==", flush=True)
         subprocess.run(MUTMUT + ["run", f"lorabook.{m}.*"], cwd=ROOT, stdout=subprocess.DEVNULL)
     status, why = results(), explained()

@@ -1,5 +1,7 @@
 """Negative controls of the theorem claims of chapter 2's real-model page (MiniLM): the same check as in the
 notebook, on an input where the theorem's hypothesis is violated, must fail; on one where it holds, pass."""
+from functools import lru_cache
+
 from test_controls_ch2 import _spurious_setting
 
 from lorabook import ntk
@@ -8,6 +10,7 @@ from lorabook.checks import evaluate
 END_TOL = 5e-4   # the notebook's default tolerance on the final relative gap (F - F*)/F* of LoRA GD
 
 
+@lru_cache(maxsize=None)  # two tolerances are checked on the same two runs
 def _end_gap(rank):
     """The notebook's checked quantity, max over GD runs of (F_end - F*)/F*, on the synthetic problem of the
     chapter-2 controls (K = 2, N = 6, 8x8, lambda = 0.1 lambda_max; threshold rank 5)."""

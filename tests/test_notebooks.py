@@ -1,4 +1,5 @@
 """The notebook machinery itself: scripts and notebooks are paired, and nbval fails on a false claim."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,40 +18,52 @@ def test_every_chapter_script_is_paired():
     assert not problems, "\n".join(problems)
 
 
-def _notebook(tmp_path: Path, condition: str, stored: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    cell = nbformat.v4.new_code_cell(f'import lorabook as lb\nlb.claim("the claim", {condition})')
-    cell.metadata["tags"] = ["nbval-check-output"]
-    cell.execution_count = 1
-    # as a kernel shows a claim: text for nbval, the ledger record (not compared) in the metadata
-    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/plain": stored},
-                                           metadata={"lorabook": {"claim": {"measured": 1.0}}})]
-    nb.cells = [cell]
-    path = tmp_path / "claim.ipynb"
-    nbformat.write(nb, path)
-    return path
-
-
-def _nbval(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", str(path)],
-        capture_output=True, text=True, cwd=path.parent, timeout=300,
-    )
-
-
-@pytest.mark.parametrize("condition, stored, ok", [
+CASES = [
     ("1 + 1 == 2", "✓ sanity: the claim", True),      # a true claim passes
     ("1 + 1 == 3", "✓ sanity: the claim", False),     # a false claim fails the run
     ("1 + 1 == 2", "✓ sanity: another claim", False),  # a changed verdict fails the run
     ('1e-12, "<=", 1e-9, kind="sanity"', "✓ sanity: the claim", True),   # the measured value is not compared
     ('1e-6, "<=", 1e-9, kind="sanity"', "✓ sanity: the claim", False),   # ... but the check is
-])
-def test_nbval_verdicts(tmp_path, condition, stored, ok):
-    result = _nbval(_notebook(tmp_path, condition, stored))
-    assert (result.returncode == 0) == ok, result.stdout[-2000:]
+]
+
+
+def _notebook(path: Path, cases) -> Path:
+    """One notebook, one claim cell per case ``(condition, stored verdict, _)``."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for i, (condition, stored, _) in enumerate(cases):
+        cell = nbformat.v4.new_code_cell(f'import lorabook as lb\nlb.claim("the claim", {condition})')
+        cell.metadata["tags"] = ["nbval-check-output"]
+        cell.execution_count = i + 1
+        # as a kernel shows a claim: text for nbval, the ledger record (not compared) in the metadata
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"text/plain": stored},
+                                               metadata={"lorabook": {"claim": {"measured": 1.0}}})]
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nbval_run(tmp_path_factory):
+    """One nbval run (one kernel) over a notebook with a cell per case: case index -> (passed, output)."""
+    path = _notebook(tmp_path_factory.mktemp("claims") / "claims.ipynb", CASES)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+         str(path)], capture_output=True, text=True, cwd=path.parent, timeout=300,
+    )
+    # nbval names the items "claims::ipynb::Cell 0" (or "claims.ipynb::Cell 0")
+    found = dict(re.findall(r"^claims(?:\.|::)ipynb::Cell (\d+) (PASSED|FAILED)", out.stdout, flags=re.M))
+    assert len(found) == len(CASES), out.stdout[-3000:]
+    return {int(i): (v == "PASSED", out.stdout) for i, v in found.items()}
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_nbval_verdicts(nbval_run, case):
+    condition, _, ok = CASES[case]
+    passed, stdout = nbval_run[case]
+    assert passed == ok, stdout[-2000:]
     if not ok and "1 + 1 == 3" in condition:
-        assert "✗ sanity: the claim" in result.stdout
+        assert "✗ sanity: the claim" in stdout
 
 
 def test_intro_reading_guide_checks_pass(capsys):

@@ -37,7 +37,7 @@ print(lb.describe())
 
 # %%
 LAYER, DT, CLASSES = 5, torch.float32, ("rotten", "fresh")  # label 1 = fresh = positive logit
-N_DEV, n_test = 16, scale.pick(quick=30, default=150, paper=1_000)
+N_DEV, n_test = 16, scale.pick(quick=20, default=150, paper=1_000)
 FRACS = scale.pick(
     quick=(0.5, 0.2), default=(0.7, 0.5, 0.3, 0.2), paper=(0.7, 0.5, 0.3, 0.2, 0.1)
 )

@@ -1453,6 +1453,14 @@ def _check_pretrain_schedule(levels, max_steps, batch) -> None:
     check_rank(batch, 10**8, "batch")
 
 
+def _newly_reached(loss: torch.Tensor, init: torch.Tensor, lev: torch.Tensor, done: torch.Tensor) -> list:
+    """Pretraining bookkeeping: the ``(level k, slice s)`` pairs whose loss ``(S,)`` is below ``init / lev[k]`` for the
+    first time; marks them in ``done`` ``(K, S)`` (in place) and returns them as ``[k, s]`` lists."""
+    new = ~done & (loss[None] < init[None] / lev[:, None])                               # (K, S)
+    done |= new
+    return new.nonzero().tolist()
+
+
 def pretrain_frozen(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: torch.Tensor,
                     target_b: torch.Tensor, *, levels: Sequence[float], max_steps: int, batch: int, lr: float,
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -1501,10 +1509,8 @@ def pretrain_frozen(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: to
             if init is None:
                 init = loss.detach().clone()
             else:
-                new = ~done & (loss[None] < init[None] / lev[:, None])                   # (K, S)
-                for k, s in new.nonzero().tolist():
+                for k, s in _newly_reached(loss, init, lev, done):
                     outW[k, s], outb[k, s], used[k, s] = W[s], b[s], t
-                done |= new
         grads = torch.autograd.grad(loss.sum(), [W, b])
         with torch.no_grad():
             for P, G, (m, v) in zip((W, b), grads, moments):
@@ -1977,10 +1983,8 @@ def pretrain_tfn(targets: Sequence[Sequence[dict]], frozens: Sequence[Sequence[d
             if init is None:
                 init = loss.detach().clone()
             else:
-                new = ~done & (loss[None] < init[None] / lev[:, None])                   # (K, S)
-                for k, s in new.nonzero().tolist():
+                for k, s in _newly_reached(loss, init, lev, done):
                     models[k][s], used[k, s] = snapshot(s), step
-                done |= new
         grads = torch.autograd.grad(loss.sum(), flat)
         with torch.no_grad():
             for P, G, (m, v) in zip(flat, grads, moments):

@@ -321,6 +321,14 @@ def test_transfer_validation_messages():
 
 
 # ------------------------------------------------------------------------------------------ refinement
+def _lm_problem(activation, widths, *, d, rank, noise, n, seed):
+    """A two-slice teacher, its sample, true row space and the slides' estimate: ``(t, x, y, V, Z0)``."""
+    t = small_teacher(activation=activation, widths=widths, d=d, rank=rank, seeds=2, noise=noise)
+    x, y = tr.sample(t, n, generator=gen(seed))
+    V = tr.true_row_space(t.W1)
+    return t, x, y, V, tr.slides_estimate(t.M[0], V, rank)
+
+
 def _lm_steps(x, y, M, V, Z0, rank, activation, iters, damping):
     """An independent Levenberg–Marquardt replica: autograd Jacobian in H, (JᵀJ + λ(diag JᵀJ + 1e-12 I)) δ = −Jᵀr,
     accept if the mean squared residual drops, λ /3 on success, ×4 on failure."""
@@ -354,10 +362,7 @@ def _lm_steps(x, y, M, V, Z0, rank, activation, iters, damping):
 
 @pytest.mark.parametrize("damping", [1e-3, 2.0])
 def test_refine_matches_an_independent_levenberg_marquardt(damping):
-    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
-    x, y = tr.sample(t, 40, generator=gen(11))
-    V = tr.true_row_space(t.W1)
-    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    t, x, y, V, Z0 = _lm_problem("tanh", (3, 4, 2), d=6, rank=2, noise=0.3, n=40, seed=11)
     for iters in (1, 3):
         got = (tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=iters, damping=damping)
                if damping != 1e-3 else tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=iters))
@@ -367,10 +372,7 @@ def test_refine_matches_an_independent_levenberg_marquardt(damping):
 
 def test_refine_rejects_a_step_that_increases_the_loss():
     # huge ReLU head and a tiny damping: the first Gauss–Newton step overshoots; the replica decides
-    t = small_teacher(activation="relu", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=1.0)
-    x, y = tr.sample(t, 25, generator=gen(12))
-    V = tr.true_row_space(t.W1)
-    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    t, x, y, V, Z0 = _lm_problem("relu", (3, 4, 2), d=6, rank=2, noise=1.0, n=25, seed=12)
     for damping in (1e-9, 1e-6):
         got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "relu", iters=4, damping=damping)
         ref = _lm_steps(x, y, t.M, V, Z0, 2, "relu", 4, damping)
@@ -378,18 +380,12 @@ def test_refine_rejects_a_step_that_increases_the_loss():
 
 
 def test_refine_default_iterations_and_stopping():
-    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
-    x, y = tr.sample(t, 40, generator=gen(13))
-    V = tr.true_row_space(t.W1)
-    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    t, x, y, V, Z0 = _lm_problem("tanh", (3, 4, 2), d=6, rank=2, noise=0.3, n=40, seed=13)
     Zd = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh")
     assert torch.allclose(Zd, tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=10), atol=0)
     assert not torch.allclose(Zd, tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=11), atol=1e-6)
     # converged: more iterations return the same tensor (the loop stops), and a value is returned
-    t = small_teacher(activation="softplus", widths=(2, 3, 1), d=5, rank=1, seeds=2, noise=0.5)
-    x, y = tr.sample(t, 30, generator=gen(13))
-    V = tr.true_row_space(t.W1)
-    Z0 = tr.slides_estimate(t.M[0], V, 1)
+    t, x, y, V, Z0 = _lm_problem("softplus", (2, 3, 1), d=5, rank=1, noise=0.5, n=30, seed=13)
     Z100 = tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "softplus", iters=200)
     assert Z100 is not None
     assert torch.equal(Z100, tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "softplus", iters=400))
@@ -573,10 +569,7 @@ def test_refine_slices_are_independent_problems():
 def test_refine_stops_once_the_damping_reaches_1e8():
     """A slice whose damping λ is 1e8 is finished after its step: with λ = 1e8 from the start, every slice stops
     after one iteration, whatever ``iters`` allows (the replica, which never stops early, moves on)."""
-    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
-    x, y = tr.sample(t, 40, generator=gen(11))
-    V = tr.true_row_space(t.W1)
-    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    t, x, y, V, Z0 = _lm_problem("tanh", (3, 4, 2), d=6, rank=2, noise=0.3, n=40, seed=11)
     one = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=1, damping=1e8)
     assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=10, damping=1e8), one,
                           rtol=0, atol=1e-12)
@@ -622,10 +615,7 @@ def test_fit_lora_validation_uses_only_the_held_out_samples():
 def test_refine_raises_the_damping_after_rejected_steps():
     """Large noise and a damping of 1e-9: the first Gauss–Newton steps overshoot and are rejected until λ has
     grown (×4 per rejection); the replica follows the same rule for 12 iterations."""
-    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=1.0)
-    x, y = tr.sample(t, 25, generator=gen(1))
-    V = tr.true_row_space(t.W1)
-    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    t, x, y, V, Z0 = _lm_problem("tanh", (3, 4, 2), d=6, rank=2, noise=1.0, n=25, seed=1)
     got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=12, damping=1e-9)
     assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 12, 1e-9), rtol=0, atol=1e-10)
 
@@ -633,19 +623,13 @@ def test_refine_raises_the_damping_after_rejected_steps():
 def test_refine_stops_once_a_step_gains_less_than_1e_10():
     """Once an accepted step lowers the loss by less than a relative 1e-10 (here by iteration 19), the slice is
     finished: more iterations return the same Z (without the stop, the later steps still move it by ~1e-6)."""
-    t = small_teacher(activation="tanh", widths=(2, 3, 1), d=5, rank=1, seeds=2, noise=0.05)
-    x, y = tr.sample(t, 30, generator=gen(3))
-    V = tr.true_row_space(t.W1)
-    Z0 = tr.slides_estimate(t.M[0], V, 1)
+    t, x, y, V, Z0 = _lm_problem("tanh", (2, 3, 1), d=5, rank=1, noise=0.05, n=30, seed=3)
     Z19 = tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=19)
     assert torch.allclose(tr.refine_in_row_space(x, y, t.M, V, Z0, 1, "tanh", iters=25), Z19, rtol=0, atol=1e-9)
 
 
 def test_refine_damping_never_falls_below_1e_9():
     """Starting at the floor λ = 1e-9, accepted steps divide λ by 3 but it stays at 1e-9 (the replica's rule)."""
-    t = small_teacher(activation="tanh", widths=(3, 4, 2), d=6, rank=2, seeds=2, noise=0.3)
-    x, y = tr.sample(t, 25, generator=gen(11))
-    V = tr.true_row_space(t.W1)
-    Z0 = tr.slides_estimate(t.M[0], V, 2)
+    t, x, y, V, Z0 = _lm_problem("tanh", (3, 4, 2), d=6, rank=2, noise=0.3, n=25, seed=11)
     got = tr.refine_in_row_space(x, y, t.M, V, Z0, 2, "tanh", iters=4, damping=1e-9)
     assert torch.allclose(got, _lm_steps(x, y, t.M, V, Z0, 2, "tanh", 4, 1e-9), rtol=0, atol=1e-10)

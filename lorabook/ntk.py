@@ -256,6 +256,23 @@ def per_example_loss(f: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tenso
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
+def heldout_metrics(f: torch.Tensor, labels) -> tuple[float, float]:
+    """Balanced accuracy and mean loss of outputs ``f`` ``(n, K)`` on integer ``labels`` ``(n,)``: the logistic loss
+    for ``K = 1`` (label 1 = positive logit), the softmax cross-entropy for ``K ≥ 2``."""
+    from .data import balanced_accuracy
+
+    if not isinstance(f, torch.Tensor) or f.dim() != 2 or not torch.isfinite(f).all():
+        raise ValueError(f"f must be a finite (n, K) tensor, got {tuple(getattr(f, 'shape', ()))}")
+    y = torch.as_tensor(labels)
+    if y.shape != (f.shape[0],):
+        raise ValueError(f"labels must have shape ({f.shape[0]},), got {tuple(y.shape)}")
+    if f.shape[1] == 1:
+        loss = per_example_loss(f, y.to(f.dtype)[:, None], "logistic")
+        return balanced_accuracy(f[:, 0], labels), float(loss.mean())
+    loss = per_example_loss(f, class_targets(y, f.shape[1], dtype=f.dtype), "ce")
+    return balanced_accuracy(f, labels), float(loss.mean())
+
+
 def _loss_conjugate(w: torch.Tensor, y: torch.Tensor, f0: torch.Tensor, N: int, loss: str) -> torch.Tensor:
     """F*(w) for F(z) = (1/N) Σ_i ℓ(f0_i + z_i, y_i); ``w`` ``(N, K)``.
 

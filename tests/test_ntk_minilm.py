@@ -151,3 +151,22 @@ def test_proximal_gradient_can_skip_the_certificate():
     assert a.cert is None and b.cert is not None
     assert torch.equal(a.delta, b.delta)
     assert b.cert.primal == pytest.approx(float(prob.objective(b.delta)), rel=1e-12)
+
+
+def test_heldout_metrics_by_hand():
+    import math
+    # K = 1: logits 2, -1, 0.5 on labels 1, 0, 0 -> classes 1 and 0 recall 1 and 1/2
+    f = torch.tensor([[2.0], [-1.0], [0.5]], dtype=torch.float64)
+    bacc, loss = ntk.heldout_metrics(f, [1, 0, 0])
+    assert bacc == pytest.approx(0.75)
+    want = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5))) / 3
+    assert loss == pytest.approx(want, rel=1e-12)
+    # K = 3: the cross-entropy of each row at its label, averaged
+    f3 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+    bacc3, loss3 = ntk.heldout_metrics(f3, torch.tensor([0, 1]))
+    want3 = ((math.log(math.e + 2) - 1.0) + (math.log(2 + math.exp(3.0)) - 0.0)) / 2
+    assert loss3 == pytest.approx(want3, rel=1e-12) and bacc3 == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="labels"):
+        ntk.heldout_metrics(f, [1, 0])
+    with pytest.raises(ValueError, match="finite"):
+        ntk.heldout_metrics(torch.tensor([[float("nan")]]), [1])

@@ -62,13 +62,6 @@ head = ntk.MiniLMHead(FIRST)  # layers FIRST..5, from the states entering layer 
 NAMES = head.qv_names()       # their query and value weights: all six layers at default
 
 
-def metrics(logits, labels):
-    """Balanced accuracy and mean logistic loss of (n, 1) logits."""
-    y = torch.as_tensor(labels, dtype=logits.dtype)[:, None]
-    loss = float(ntk.per_example_loss(logits, y, "logistic").mean())
-    return data.balanced_accuracy(logits[:, 0], labels), loss
-
-
 def jacobian(x):
     return ntk.per_example_jacobian(head, NAMES, x, dtype=DT)
 
@@ -96,10 +89,13 @@ def run_seed(cfg):
             batch_size=16,
         )
         out[N] = {
-            "zs": metrics(f0t, sp["test_labels"]), "ft": metrics(ft, sp["test_labels"]),
-            "train": metrics(f0[idx] + torch.einsum("nkpab,pab->nk", GN, path.delta),
-                             sp["train_labels"][idx.numpy()]),
-            "dev_zs": metrics(f0d, sp["dev_labels"]),
+            "zs": ntk.heldout_metrics(f0t, sp["test_labels"]),
+            "ft": ntk.heldout_metrics(ft, sp["test_labels"]),
+            "train": ntk.heldout_metrics(
+                f0[idx] + torch.einsum("nkpab,pab->nk", GN, path.delta),
+                sp["train_labels"][idx.numpy()],
+            ),
+            "dev_zs": ntk.heldout_metrics(f0d, sp["dev_labels"]),
             "frac": path.fracs[path.best[0]], "step": path.steps[path.best[1]],
         }
     return out

@@ -46,13 +46,6 @@ EVERY = scale.pick(quick=2, default=5, paper=5)
 head = ntk.MiniLMHead(LAYER)
 
 
-def metrics(logits, labels):
-    """Balanced accuracy and mean logistic loss of (n, 1) logits."""
-    y = torch.as_tensor(labels, dtype=logits.dtype)[:, None]
-    loss = float(ntk.per_example_loss(logits, y, "logistic").mean())
-    return data.balanced_accuracy(logits[:, 0], labels), loss
-
-
 def jacobian(x):
     return ntk.per_example_jacobian(head, ntk.QV_NAMES, x, dtype=DT)
 
@@ -219,9 +212,9 @@ real_te = ntk.apply_by_length(
     lambda x: ntk.predict_with_delta(head, ntk.QV_NAMES, real_delta, x), hid_te
 )
 agree = float(((real_te > 0) == (lin_te > 0)).float().mean())
-twin_metrics = {"zero-shot": metrics(f0_te, y_te),
-                "linearised LoRA r=8": metrics(lin_te, y_te),
-                "real LoRA r=8": metrics(real_te, y_te)}
+twin_metrics = {"zero-shot": ntk.heldout_metrics(f0_te, y_te),
+                "linearised LoRA r=8": ntk.heldout_metrics(lin_te, y_te),
+                "real LoRA r=8": ntk.heldout_metrics(real_te, y_te)}
 logit_dev = float((real_te - lin_te).abs().max() / (lin_te - f0_te).abs().max())
 # how far fine-tuning moved the held-out logits: the agreement means something only if it did
 moved = float((lin_te - f0_te).abs().mean() / f0_te.std())
@@ -283,13 +276,11 @@ def run_three(cfg):
     f0t, ft = ntk.apply_by_length(
         lambda x: ntk.linearised_predict(head3, ntk.QV_NAMES, path.delta, x), hid["test"]
     )
-    yt = ntk.class_targets(torch.tensor(sp["test_labels"]), 3, dtype=DT)
     out = {"frac": path.fracs[path.best[0]], "step": path.steps[path.best[1]],
            "ranks": [[lb.numerical_rank(d, rtol=1e-4) for d in e] for e in path.ends],
            "gaps": path.rel_gap, "labels": sp["test_labels"]}
     for k, f in (("zs", f0t), ("ft", ft)):
-        out[k] = (data.balanced_accuracy(f, sp["test_labels"]),
-                  float(ntk.per_example_loss(f, yt, "ce").mean()))
+        out[k] = ntk.heldout_metrics(f, sp["test_labels"])
     return out
 
 

@@ -2,6 +2,7 @@
 the distributions the factors are drawn from) and of each validation on both sides, with asymmetric shapes so
 that a swapped axis or index shows."""
 import math
+import warnings
 import re
 
 import numpy as np
@@ -657,6 +658,28 @@ def test_random_feature_probe_pools_by_the_mean_and_uses_each_C(monkeypatch):
     assert bd.random_feature_probe(_probe_pool(scale=1e-3), [None], Cs=(1.0,)) == {None: 0.0}
     # and centred: an offset of 300 (300 standard deviations) does not hinder the fit
     assert bd.random_feature_probe(_probe_pool(offset=300.0), [None], Cs=(1.0,)) == {None: 0.0}
+
+
+def test_random_feature_probe_fits_converge_where_lbfgs_needs_over_100_iterations(monkeypatch):
+    """200 snippets of 100 correlated features (a spectrum falling over three decades) with C = 100: lbfgs needs
+    about 180 iterations here (and 111–121 on the chapter's rank-256 probe at `default`), so the probe's fits must
+    be allowed more than sklearn's default 100 and must end converged."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    _install_fake_minilm(monkeypatch, F32)
+    rng = np.random.default_rng(4)
+    pool = {"zero_shot": {}}
+    for split, k in (("train", 200), ("dev", 40), ("test", 40)):
+        y = (np.arange(k) % 3 != 0).astype(int)
+        mean = rng.normal(size=(k, 100)) @ (np.logspace(0, -3, 100)[:, None] * rng.normal(size=(100, 100)))
+        mean[:, 0] += 0.5 * y
+        pool[split] = {"h": torch.tensor(mean, dtype=F32), "base": torch.tensor(rng.normal(size=(k, 3)), dtype=F32),
+                       "seg": torch.arange(k), "n": k}
+        pool[f"y_{split}"] = torch.tensor(y, dtype=F32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        out = bd.random_feature_probe(pool, [None], Cs=(100.0,))
+    assert 0 <= out[None] < 0.5
 
 
 @pytest.mark.parametrize("key", sorted(_tsg()))

@@ -1,5 +1,5 @@
 """Random instances and Transformer pretraining of chapter 1: input ranges, error messages, dtypes, scales,
-reproducibility from the caller's generator, and the pretraining's Adam run checked against ``torch.optim.Adam``."""
+reproducibility from the caller's generator, and the pretraining checked against a per-pair Adam written out."""
 import contextlib
 import math
 
@@ -229,3 +229,123 @@ def test_random_tfn_instance_weight_scales_and_shared_feed_forward():
     for t, f in zip(target, frozen):
         assert all(torch.equal(t[k], f[k]) for k in ("W1", "b1", "W2", "b2"))
         assert not torch.equal(t["Q"], f["Q"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pretrain_tfn
+PD, PH = 3, 2          # width and heads of the pretraining tests
+
+
+def pretrain_pairs(S=2):
+    """S target / frozen TFN pairs at different distances (the frozen model of pair s is ``far`` pulled toward
+    the target by a different amount), float64."""
+    g = torch.Generator().manual_seed(11)
+    out = []
+    for s in range(S):
+        target, far = ex.random_tfn_pair(PD, PH, 1, g)
+        out.append((target, ex.tfn_between(target, far, 1.0 - 0.4 * s)))
+    return [t for t, _ in out], [f for _, f in out]
+
+
+def reference_pretrain(targets, frozens, levels, max_steps, batch, n_tokens, lr, seed):
+    """A second implementation: each pair trained on its own (unstacked) by textbook Adam (Kingma & Ba, Algorithm 1:
+    betas 0.9 / 0.999, eps 1e-8 added to the bias-corrected root second moment) on the per-token squared error
+    ``mean ‖f(X_s) − f̄(X_s)‖²``, X drawn each step as one (S, batch, n_tokens, D) standard Gaussian tensor;
+    level c of pair s is kept at the first step t ≥ 1 whose loss is below ``loss_0 / c`` (c = 1: the frozen
+    model, step 0), otherwise after the last update."""
+    g = torch.Generator().manual_seed(seed)
+    S, K = len(targets), len(levels)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    params = [[{k: v.detach().clone().requires_grad_(True) for k, v in lay.items()} for lay in f] for f in frozens]
+    state = [[(torch.zeros_like(p), torch.zeros_like(p)) for lay in ps for p in lay.values()] for ps in params]
+    copy = lambda ps: [{k: v.detach().clone() for k, v in lay.items()} for lay in ps]
+    models = [[copy(frozens[s]) if c == 1 else None for s in range(S)] for c in levels]
+    used = torch.zeros(K, S, dtype=torch.long)
+    init = [None] * S
+    for t in range(max_steps):
+        X = torch.randn(S, batch, n_tokens, PD, generator=g, dtype=F64)
+        for s in range(S):
+            with torch.no_grad():
+                y = ex.tfn_forward(X[s], targets[s])
+            loss = (ex.tfn_forward(X[s], params[s]) - y).square().sum(-1).mean()
+            if t == 0:
+                init[s] = loss.item()
+            for k, c in enumerate(levels):
+                if t > 0 and models[k][s] is None and loss.item() < init[s] / c:
+                    models[k][s], used[k, s] = copy(params[s]), t
+            flat = [p for lay in params[s] for p in lay.values()]
+            grads = torch.autograd.grad(loss, flat)
+            new_state = []
+            with torch.no_grad():
+                for p, grad, (m, v) in zip(flat, grads, state[s]):
+                    m = b1 * m + (1 - b1) * grad
+                    v = b2 * v + (1 - b2) * grad * grad
+                    m_hat, v_hat = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
+                    p -= lr * m_hat / (torch.sqrt(v_hat) + eps)
+                    new_state.append((m, v))
+            state[s] = new_state
+    for k in range(K):
+        for s in range(S):
+            if models[k][s] is None:
+                models[k][s], used[k, s] = copy(params[s]), max_steps
+    return models, used
+
+
+def test_pretrain_tfn_matches_a_per_pair_adam_reference():
+    """Two pairs, levels 1 (the frozen model), 1.05 (reached within the run) and 10^9 (never reached: the model
+    after the last update, steps_used = max_steps): models and steps equal a per-pair textbook Adam run to
+    1e-13 (an Adam detail such as eps or a bias correction changes the weights by far more)."""
+    targets, frozens = pretrain_pairs()
+    levels, kw = [1, 1.05, 1e9], dict(max_steps=6, batch=2, n_tokens=4, lr=0.05)
+    models, used = ex.pretrain_tfn(targets, frozens, levels=levels, generator=torch.Generator().manual_seed(3), **kw)
+    ref_models, ref_used = reference_pretrain(targets, frozens, levels, seed=3, **kw)
+    assert used.dtype == torch.long and torch.equal(used, ref_used)
+    assert (used[1] < 6).any() and (used[2] == 6).all()
+    for k in range(3):
+        for s in range(2):
+            for lay, ref in zip(models[k][s], ref_models[k][s]):
+                for key in ex.TFN_KEYS:
+                    assert lay[key].shape == ref[key].shape
+                    assert torch.allclose(lay[key], ref[key], rtol=0, atol=1e-13), (k, s, key)
+
+
+def test_pretrain_tfn_error_messages_name_the_problem():
+    targets, frozens = pretrain_pairs()
+    g = torch.Generator().manual_seed(0)
+    kw = dict(levels=[2], max_steps=1, batch=1, n_tokens=2, lr=0.1, generator=g)
+    with pytest.raises(ValueError, match=r"^n_tokens=1000001 is out of range: it must lie in \[1, 1000000\]$"):
+        ex.pretrain_tfn(targets, frozens, **{**kw, "n_tokens": 10**6 + 1})
+    with pytest.raises(ValueError, match=r"^lr must be a positive finite number, got 0\.0$"):
+        ex.pretrain_tfn(targets, frozens, **{**kw, "lr": 0.0})
+    for t, f in (([], []), (targets, frozens[:1])):
+        with pytest.raises(ValueError, match=r"^need one target and one frozen TFN per pair$"):
+            ex.pretrain_tfn(t, f, **kw)
+    deeper_t, deeper_f = ex.random_tfn_pair(PD, PH, 2, g)
+    with pytest.raises(ValueError, match=r"^all TFNs must share depth, heads and width$"):
+        ex.pretrain_tfn([targets[0], deeper_t], [frozens[0], deeper_f], **kw)
+
+
+def test_pretrain_tfn_single_pair_and_long_sequences():
+    """One pair is a valid input, and sequences of 61 tokens are ordinary (the limit is 10^6)."""
+    targets, frozens = pretrain_pairs(1)
+    models, used = ex.pretrain_tfn(targets, frozens, levels=[1e9], max_steps=1, batch=1, n_tokens=61, lr=0.1,
+                                   generator=torch.Generator().manual_seed(0))
+    assert len(models) == 1 and len(models[0]) == 1 and used.tolist() == [[1]]
+    assert not torch.equal(models[0][0][0]["Q"], frozens[0][0]["Q"])          # one Adam update was made
+
+
+def test_pretrain_tfn_works_in_float64_whatever_the_inputs_and_default_dtype():
+    """float32 models are trained (and returned) in float64; under a float32 default dtype the run is float64 too,
+    steps are integers, and a level just above 1 (1 + 2⁻³⁰, equal to 1 in float32) is a real level, kept at a
+    step ≥ 1, not the frozen model itself."""
+    targets, frozens = pretrain_pairs()
+    to32 = lambda models: [[{k: v.float() for k, v in lay.items()} for lay in m] for m in models]
+    kw = dict(max_steps=2, batch=2, n_tokens=3, lr=0.05)
+    models, _ = ex.pretrain_tfn(to32(targets), to32(frozens), levels=[1e9], generator=torch.Generator().manual_seed(1),
+                                **kw)
+    assert all(t.dtype == F64 for t in flatten(models))
+    with default_dtype(torch.float32):
+        models, used = ex.pretrain_tfn(targets, frozens, levels=[1 + 2.0**-30, 1e9],
+                                       generator=torch.Generator().manual_seed(1), **kw)
+    assert all(t.dtype == F64 for t in flatten(models))
+    assert used.dtype == torch.long and (used >= 1).all()

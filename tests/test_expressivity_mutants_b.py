@@ -434,11 +434,3 @@ def test_threshold_rejects_a_non_positive_rtol():
     with pytest.raises(ValueError, match=r"^rtol must be a positive finite number, got -0\.1$"):
         ex.tfn_construction_threshold(target, frozen, rtol=-0.1)
 
-
-def test_tfn_mse_computes_on_the_adapters_device():
-    """Inputs and targets are moved to the adapters' device (here PyTorch's shape-only "meta" device, standing in
-    for an accelerator: CPU inputs and targets, adapters elsewhere)."""
-    adapted, targets, X, _ = _mse_setup()
-    on_meta = [{k: v.to("meta") for k, v in layer.items()} for layer in adapted]
-    mse = ex.tfn_mse(on_meta, targets, X)
-    assert mse.device.type == "meta" and mse.shape == (2, 2)

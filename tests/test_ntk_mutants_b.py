@@ -272,6 +272,149 @@ def test_rank_threshold_names_the_bad_argument():
         ntk.rank_threshold(2, 0)
 
 
+# ---------------------------------------------------------------------------------------------- rademacher_bound
+def test_rademacher_bound_single_example_is_exact():
+    """N = 1: |σ_1| = 1 on every draw, so the estimate is radius·‖G_1‖_2 exactly (largest singular value, over
+    the P slices); the lemma value is radius·‖G_1‖_F."""
+    G1 = torch.tensor([[[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0], [2.0, 0.0, 0.5]]])   # P = 2, 2×3
+    G = G1.reshape(1, 1, 2, 2, 3)
+    out = ntk.rademacher_bound(G, 0.7, n_draws=9, generator=gen(1))
+    assert out["empirical"] == pytest.approx(0.7 * 3.0, rel=1e-12)
+    assert out["lemma"] == pytest.approx(0.7 * math.sqrt(9 + 1 + 4 + 0.25), rel=1e-12)
+
+
+def test_rademacher_bound_two_equal_examples():
+    """G_1 = G_2: ‖σ_1 G_1 + σ_2 G_2‖_2 is 2‖G_1‖_2 for equal signs and 0 otherwise, each with probability ½,
+    so the estimate is ≈ radius·‖G_1‖_2/2 (400 draws: s.e. 2.5 %); the lemma value is radius·√2‖G_1‖_F/2."""
+    G1 = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    G = torch.stack([G1, G1]).reshape(2, 1, 1, 2, 2)
+    out = ntk.rademacher_bound(G, 3.0, n_draws=400, generator=gen(2))
+    assert out["empirical"] == pytest.approx(3.0 * 2.0 / 2, rel=0.1)
+    assert out["lemma"] == pytest.approx(3.0 * math.sqrt(2 * 5.0) / 2, rel=1e-12)
+
+
+def test_rademacher_bound_accepts_several_slices_and_small_radii():
+    G = torch.randn(4, 1, 2, 2, 3, generator=gen())
+    out = ntk.rademacher_bound(G, 0.5, n_draws=3, generator=gen(1))
+    assert 0 < out["empirical"] <= out["lemma"]
+    zero = ntk.rademacher_bound(G, 0.0, n_draws=3, generator=gen(1))
+    assert zero == {"empirical": 0.0, "lemma": 0.0}
+
+
+def test_rademacher_bound_messages_and_default_draws():
+    G = torch.randn(4, 1, 1, 2, 2, generator=gen())
+    with pytest.raises(ValueError, match=r"^G must have shape \(N, 1, P, m, n\), got \(4, 2, 1, 2\)$"):
+        ntk.rademacher_bound(G.reshape(4, 2, 1, 2), 1.0)
+    with pytest.raises(ValueError, match=r"^G must have shape \(N, 1, P, m, n\), got \[1, 2\]$"):
+        ntk.rademacher_bound([1, 2], 1.0)
+    with pytest.raises(ValueError, match="^n_draws must be a positive integer, got 0$"):
+        ntk.rademacher_bound(G, 1.0, n_draws=0)
+    a = ntk.rademacher_bound(G, 1.0, generator=gen(3))
+    b = ntk.rademacher_bound(G, 1.0, n_draws=50, generator=gen(3))
+    assert a == b
+
+
+# ------------------------------------------------------------------------------------------ generalisation_bound
+def test_generalisation_bound_default_delta_and_zero_inputs():
+    """delta defaults to 0.05; zero complexity, Lipschitz constant or range are valid (hand value with
+    rademacher = 0: 4·2·√(2 ln 80 / 100))."""
+    assert ntk.generalisation_bound(0.1, 1.5, 2.0, 100) == ntk.generalisation_bound(0.1, 1.5, 2.0, 100, 0.05)
+    assert ntk.generalisation_bound(0.0, 0.0, 2.0, 100) == pytest.approx(8 * math.sqrt(2 * math.log(80) / 100))
+    assert ntk.generalisation_bound(0.3, 2.0, 0.0, 100) == pytest.approx(1.2)
+
+
+def test_generalisation_bound_messages_and_boundaries():
+    with pytest.raises(ValueError, match="^N must be a positive integer, got 0$"):
+        ntk.generalisation_bound(0.1, 1.0, 1.0, 0)
+    for d in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"^delta must lie in \(0, 1\), got {d}$"):
+            ntk.generalisation_bound(0.1, 1.0, 1.0, 10, d)
+    for i, name in enumerate(("rademacher", "lipschitz", "loss_range")):
+        for bad in (-1.0, math.inf):
+            args = [0.1, 1.0, 1.0]
+            args[i] = bad
+            with pytest.raises(ValueError, match=f"^{name} must be finite and non-negative, got {bad}$"):
+                ntk.generalisation_bound(*args, 10)
+
+
+# ---------------------------------------------------------------------------------------------------- random_psd
+def test_random_psd_defaults_validation_and_zero_radius():
+    assert ntk.random_psd(3, 0.5, generator=gen()).shape == (1, 3, 3)
+    with pytest.raises(ValueError, match="^dim must be a positive integer, got 0$"):
+        ntk.random_psd(0, 0.5)
+    with pytest.raises(ValueError, match="^n must be a positive integer, got 0$"):
+        ntk.random_psd(3, 0.5, 0)
+    assert torch.equal(ntk.random_psd(3, 0.0, 2, generator=gen()), torch.zeros(2, 3, 3))
+
+
+def test_random_psd_generator_and_dtype():
+    a, b, untouched = _draws_only_from(ntk.random_psd, 4, 0.3, 2)
+    assert untouched and torch.equal(a, b)
+    p32 = ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F32)
+    assert p32.dtype == F32
+    with _DefaultDtype(F32):
+        p64 = ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F64)
+    assert p64.dtype == F64 and torch.equal(p64, ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F64))
+
+
+# ------------------------------------------------------------------------------------------------ Theorem 5.1
+def test_theorem51_lambda_defaults_and_messages():
+    """λ = 4·(2R/√N)·(2 + √ln(2/η)) with η = 0.05 by default."""
+    assert ntk.theorem51_lambda(1.5, 36) == pytest.approx(4 * (3 / 6) * (2 + math.sqrt(math.log(40))))
+    with pytest.raises(ValueError, match="^N must be a positive integer, got 0$"):
+        ntk.theorem51_lambda(1.0, 0)
+    with pytest.raises(ValueError, match="^R must be a positive number, got 0.0$"):
+        ntk.theorem51_lambda(0.0, 10)
+    for eta in (0.0, 1.0):
+        with pytest.raises(ValueError, match=rf"^eta must lie in \(0, 1\), got {eta}$"):
+            ntk.theorem51_lambda(1.0, 10, eta)
+
+
+def test_theorem51_bound_defaults_eta_and_messages():
+    """3λ‖δ_true‖_* + 2ε with ε = 0 and η = 0.05 by default; a given η reaches λ (η = 0.5: ln 4)."""
+    lam05 = 4 * (2 * 2.0 / 10) * (2 + math.sqrt(math.log(40)))
+    assert ntk.theorem51_bound(2.0, 100, 1.5) == pytest.approx(3 * lam05 * 1.5)
+    lam5 = 4 * (2 * 2.0 / 10) * (2 + math.sqrt(math.log(4)))
+    assert ntk.theorem51_bound(2.0, 100, 1.5, 0.25, 0.5) == pytest.approx(3 * lam5 * 1.5 + 0.5)
+    with pytest.raises(ValueError, match="^nuclear_true must be a finite non-negative number, got -1.0$"):
+        ntk.theorem51_bound(1.0, 10, -1.0)
+    with pytest.raises(ValueError, match="^eps must be a finite non-negative number, got -0.1$"):
+        ntk.theorem51_bound(1.0, 10, 1.0, -0.1)
+
+
+# ---------------------------------------------------------------------------------------- min_norm_interpolant
+def test_min_norm_interpolant_with_a_nonzero_f0_and_as_many_conditions_as_parameters():
+    """K·N = P·m·n = 8 is allowed (G square and invertible: the unique solution of ⟨G_i, δ⟩ = y_i − f0_i)."""
+    g = gen(9)
+    G = torch.randn(4, 2, 1, 2, 4, generator=g)
+    f0 = torch.randn(4, 2, generator=g)
+    y = torch.randn(4, 2, generator=g)
+    pr = ntk.LinearisedProblem(G, f0, y, 0.0)
+    d = ntk.min_norm_interpolant(pr)
+    assert torch.allclose(pr.outputs(d), y, atol=1e-10)
+    sol = np.linalg.solve(G.reshape(8, 8).numpy(), (y - f0).reshape(8).numpy())
+    assert np.allclose(d.reshape(-1).numpy(), sol)
+
+
+def test_min_norm_interpolant_messages():
+    G = torch.randn(4, 2, 1, 2, 3, generator=gen())
+    pr = ntk.LinearisedProblem(G, torch.zeros(4, 2), torch.zeros(4, 2), 0.0)
+    with pytest.raises(ValueError, match="^K·N = 8 exceeds the number of parameters 6$"):
+        ntk.min_norm_interpolant(pr)
+    prl = ntk.LinearisedProblem(G[:, :1], torch.zeros(4, 1), torch.zeros(4, 1), 0.0, "logistic")
+    with pytest.raises(ValueError, match="^min_norm_interpolant needs the squared-error loss$"):
+        ntk.min_norm_interpolant(prl)
+
+
+# ------------------------------------------------------------------------------------------------ pad_zero_column
+def test_pad_zero_column_rejects_one_bad_factor():
+    msg = r"^B and A must be \(P, m, r\) and \(P, n, r\)$"
+    with pytest.raises(ValueError, match=msg):
+        ntk.pad_zero_column(torch.zeros(4, 1), torch.zeros(1, 3, 1))
+    with pytest.raises(ValueError, match=msg):
+        ntk.pad_zero_column(torch.zeros(1, 4, 1), torch.zeros(3, 1))
+
+
 # -------------------------------------------------------------------------------------------------- second_order
 def _denoising_problem(Y, lam):
     """K = 1 and one example per entry with G_i = E_ab: L̂(δ) = ‖δ − Y‖_F² / (2N), N = m·n."""
@@ -377,91 +520,6 @@ def test_second_order_lam_message():
         ntk.second_order(pr, torch.zeros(1, 2, 1), torch.zeros(1, 2, 1))
 
 
-# ---------------------------------------------------------------------------------------------- rademacher_bound
-def test_rademacher_bound_single_example_is_exact():
-    """N = 1: |σ_1| = 1 on every draw, so the estimate is radius·‖G_1‖_2 exactly (largest singular value, over
-    the P slices); the lemma value is radius·‖G_1‖_F."""
-    G1 = torch.tensor([[[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0], [2.0, 0.0, 0.5]]])   # P = 2, 2×3
-    G = G1.reshape(1, 1, 2, 2, 3)
-    out = ntk.rademacher_bound(G, 0.7, n_draws=9, generator=gen(1))
-    assert out["empirical"] == pytest.approx(0.7 * 3.0, rel=1e-12)
-    assert out["lemma"] == pytest.approx(0.7 * math.sqrt(9 + 1 + 4 + 0.25), rel=1e-12)
-
-
-def test_rademacher_bound_two_equal_examples():
-    """G_1 = G_2: ‖σ_1 G_1 + σ_2 G_2‖_2 is 2‖G_1‖_2 for equal signs and 0 otherwise, each with probability ½,
-    so the estimate is ≈ radius·‖G_1‖_2/2 (400 draws: s.e. 2.5 %); the lemma value is radius·√2‖G_1‖_F/2."""
-    G1 = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    G = torch.stack([G1, G1]).reshape(2, 1, 1, 2, 2)
-    out = ntk.rademacher_bound(G, 3.0, n_draws=400, generator=gen(2))
-    assert out["empirical"] == pytest.approx(3.0 * 2.0 / 2, rel=0.1)
-    assert out["lemma"] == pytest.approx(3.0 * math.sqrt(2 * 5.0) / 2, rel=1e-12)
-
-
-def test_rademacher_bound_accepts_several_slices_and_small_radii():
-    G = torch.randn(4, 1, 2, 2, 3, generator=gen())
-    out = ntk.rademacher_bound(G, 0.5, n_draws=3, generator=gen(1))
-    assert 0 < out["empirical"] <= out["lemma"]
-    zero = ntk.rademacher_bound(G, 0.0, n_draws=3, generator=gen(1))
-    assert zero == {"empirical": 0.0, "lemma": 0.0}
-
-
-def test_rademacher_bound_messages_and_default_draws():
-    G = torch.randn(4, 1, 1, 2, 2, generator=gen())
-    with pytest.raises(ValueError, match=r"^G must have shape \(N, 1, P, m, n\), got \(4, 2, 1, 2\)$"):
-        ntk.rademacher_bound(G.reshape(4, 2, 1, 2), 1.0)
-    with pytest.raises(ValueError, match=r"^G must have shape \(N, 1, P, m, n\), got \[1, 2\]$"):
-        ntk.rademacher_bound([1, 2], 1.0)
-    with pytest.raises(ValueError, match="^n_draws must be a positive integer, got 0$"):
-        ntk.rademacher_bound(G, 1.0, n_draws=0)
-    a = ntk.rademacher_bound(G, 1.0, generator=gen(3))
-    b = ntk.rademacher_bound(G, 1.0, n_draws=50, generator=gen(3))
-    assert a == b
-
-
-# ------------------------------------------------------------------------------------------ generalisation_bound
-def test_generalisation_bound_default_delta_and_zero_inputs():
-    """delta defaults to 0.05; zero complexity, Lipschitz constant or range are valid (hand value with
-    rademacher = 0: 4·2·√(2 ln 80 / 100))."""
-    assert ntk.generalisation_bound(0.1, 1.5, 2.0, 100) == ntk.generalisation_bound(0.1, 1.5, 2.0, 100, 0.05)
-    assert ntk.generalisation_bound(0.0, 0.0, 2.0, 100) == pytest.approx(8 * math.sqrt(2 * math.log(80) / 100))
-    assert ntk.generalisation_bound(0.3, 2.0, 0.0, 100) == pytest.approx(1.2)
-
-
-def test_generalisation_bound_messages_and_boundaries():
-    with pytest.raises(ValueError, match="^N must be a positive integer, got 0$"):
-        ntk.generalisation_bound(0.1, 1.0, 1.0, 0)
-    for d in (0.0, 1.0):
-        with pytest.raises(ValueError, match=rf"^delta must lie in \(0, 1\), got {d}$"):
-            ntk.generalisation_bound(0.1, 1.0, 1.0, 10, d)
-    for i, name in enumerate(("rademacher", "lipschitz", "loss_range")):
-        for bad in (-1.0, math.inf):
-            args = [0.1, 1.0, 1.0]
-            args[i] = bad
-            with pytest.raises(ValueError, match=f"^{name} must be finite and non-negative, got {bad}$"):
-                ntk.generalisation_bound(*args, 10)
-
-
-# ---------------------------------------------------------------------------------------------------- random_psd
-def test_random_psd_defaults_validation_and_zero_radius():
-    assert ntk.random_psd(3, 0.5, generator=gen()).shape == (1, 3, 3)
-    with pytest.raises(ValueError, match="^dim must be a positive integer, got 0$"):
-        ntk.random_psd(0, 0.5)
-    with pytest.raises(ValueError, match="^n must be a positive integer, got 0$"):
-        ntk.random_psd(3, 0.5, 0)
-    assert torch.equal(ntk.random_psd(3, 0.0, 2, generator=gen()), torch.zeros(2, 3, 3))
-
-
-def test_random_psd_generator_and_dtype():
-    a, b, untouched = _draws_only_from(ntk.random_psd, 4, 0.3, 2)
-    assert untouched and torch.equal(a, b)
-    p32 = ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F32)
-    assert p32.dtype == F32
-    with _DefaultDtype(F32):
-        p64 = ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F64)
-    assert p64.dtype == F64 and torch.equal(p64, ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F64))
-
-
 # ------------------------------------------------------------------------------ jacobian and predictions (tiny net)
 class _Counting(nn.Module):
     """A tiny network that counts its forward calls (torch.func traces one call per vmap chunk)."""
@@ -545,61 +603,3 @@ def test_predict_with_delta_covers_every_example_in_small_batches():
     W = net.l1.weight.detach() + delta[0]
     direct = net.out(torch.tanh(x @ W.T + net.l1.bias)).detach()
     assert out.shape == (7, 2) and torch.allclose(out, direct)
-
-
-# ------------------------------------------------------------------------------------------------ Theorem 5.1
-def test_theorem51_lambda_defaults_and_messages():
-    """λ = 4·(2R/√N)·(2 + √ln(2/η)) with η = 0.05 by default."""
-    assert ntk.theorem51_lambda(1.5, 36) == pytest.approx(4 * (3 / 6) * (2 + math.sqrt(math.log(40))))
-    with pytest.raises(ValueError, match="^N must be a positive integer, got 0$"):
-        ntk.theorem51_lambda(1.0, 0)
-    with pytest.raises(ValueError, match="^R must be a positive number, got 0.0$"):
-        ntk.theorem51_lambda(0.0, 10)
-    for eta in (0.0, 1.0):
-        with pytest.raises(ValueError, match=rf"^eta must lie in \(0, 1\), got {eta}$"):
-            ntk.theorem51_lambda(1.0, 10, eta)
-
-
-def test_theorem51_bound_defaults_eta_and_messages():
-    """3λ‖δ_true‖_* + 2ε with ε = 0 and η = 0.05 by default; a given η reaches λ (η = 0.5: ln 4)."""
-    lam05 = 4 * (2 * 2.0 / 10) * (2 + math.sqrt(math.log(40)))
-    assert ntk.theorem51_bound(2.0, 100, 1.5) == pytest.approx(3 * lam05 * 1.5)
-    lam5 = 4 * (2 * 2.0 / 10) * (2 + math.sqrt(math.log(4)))
-    assert ntk.theorem51_bound(2.0, 100, 1.5, 0.25, 0.5) == pytest.approx(3 * lam5 * 1.5 + 0.5)
-    with pytest.raises(ValueError, match="^nuclear_true must be a finite non-negative number, got -1.0$"):
-        ntk.theorem51_bound(1.0, 10, -1.0)
-    with pytest.raises(ValueError, match="^eps must be a finite non-negative number, got -0.1$"):
-        ntk.theorem51_bound(1.0, 10, 1.0, -0.1)
-
-
-# ---------------------------------------------------------------------------------------- min_norm_interpolant
-def test_min_norm_interpolant_with_a_nonzero_f0_and_as_many_conditions_as_parameters():
-    """K·N = P·m·n = 8 is allowed (G square and invertible: the unique solution of ⟨G_i, δ⟩ = y_i − f0_i)."""
-    g = gen(9)
-    G = torch.randn(4, 2, 1, 2, 4, generator=g)
-    f0 = torch.randn(4, 2, generator=g)
-    y = torch.randn(4, 2, generator=g)
-    pr = ntk.LinearisedProblem(G, f0, y, 0.0)
-    d = ntk.min_norm_interpolant(pr)
-    assert torch.allclose(pr.outputs(d), y, atol=1e-10)
-    sol = np.linalg.solve(G.reshape(8, 8).numpy(), (y - f0).reshape(8).numpy())
-    assert np.allclose(d.reshape(-1).numpy(), sol)
-
-
-def test_min_norm_interpolant_messages():
-    G = torch.randn(4, 2, 1, 2, 3, generator=gen())
-    pr = ntk.LinearisedProblem(G, torch.zeros(4, 2), torch.zeros(4, 2), 0.0)
-    with pytest.raises(ValueError, match="^K·N = 8 exceeds the number of parameters 6$"):
-        ntk.min_norm_interpolant(pr)
-    prl = ntk.LinearisedProblem(G[:, :1], torch.zeros(4, 1), torch.zeros(4, 1), 0.0, "logistic")
-    with pytest.raises(ValueError, match="^min_norm_interpolant needs the squared-error loss$"):
-        ntk.min_norm_interpolant(prl)
-
-
-# ------------------------------------------------------------------------------------------------ pad_zero_column
-def test_pad_zero_column_rejects_one_bad_factor():
-    msg = r"^B and A must be \(P, m, r\) and \(P, n, r\)$"
-    with pytest.raises(ValueError, match=msg):
-        ntk.pad_zero_column(torch.zeros(4, 1), torch.zeros(1, 3, 1))
-    with pytest.raises(ValueError, match=msg):
-        ntk.pad_zero_column(torch.zeros(1, 4, 1), torch.zeros(3, 1))

@@ -179,6 +179,8 @@ def path_data(K=1, seed=0):
     loss = "logistic" if K == 1 else "ce"
     tr = ntk.synthetic_problem(10, K, 4, 3, 0.0, generator=gen(seed), loss=loss, P=2)
     dv = ntk.synthetic_problem(9, K, 4, 3, 0.0, generator=gen(seed + 10), loss=loss, P=2)
+    # synthetic_problem scales ‖G‖²_op/N to 1; 1.3·G makes the Lipschitz constant L = c·1.69 no power of two
+    tr = ntk.LinearisedProblem(1.3 * tr.G, tr.f0, tr.y, 0.0, loss)
     y_tr = tr.y if K == 1 else tr.y.argmax(1)
     y_dv = dv.y[:, 0].long() if K == 1 else dv.y.argmax(1)
     return tr, y_tr, dv, y_dv
@@ -234,6 +236,7 @@ def test_dev_selected_path_is_warm_started_fista_with_backtracking_from_32_over_
         assert torch.allclose(path.ends[i], delta, rtol=0, atol=1e-12)
         assert path.rel_gap[i] == pytest.approx(res.cert.rel_gap, rel=1e-9)
     assert lr < 32 / tr.lipschitz()  # backtracking happened, so the carried step matters
+    assert math.log2(tr.lipschitz()) % 1 > 0.1  # so that 32·L, 32/L would not backtrack to the same step
     assert float(path.ends[1].abs().max()) > 1e-3
 
 

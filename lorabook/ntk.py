@@ -1424,7 +1424,7 @@ def apply_by_length(fn, inputs: tuple[torch.Tensor, torch.Tensor], batch_size: i
     tensors, with leading dimension the batch's size, computed independently per example (e.g.
     :func:`per_example_jacobian`, :func:`linearised_predict`, :func:`predict_with_delta` of a masked module).
     The results are concatenated back in the input order. Exact for masked consumers, and cheaper, since short
-    texts no longer pay for the padding of long ones.
+    texts no longer pay for the padding of long ones. An input with no texts (``n = 0``) raises ``ValueError``.
     """
     check_positive_int(batch_size, "batch_size")
     if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
@@ -1445,4 +1445,6 @@ def apply_by_length(fn, inputs: tuple[torch.Tensor, torch.Tensor], batch_size: i
             res = tuple(o.new_empty((len(order),) + tuple(o.shape[1:])) for o in out)
         for r, o in zip(res, out):
             r[idx] = o
+    if res is None:  # no batch ran, so nothing tells the shape of the results
+        raise ValueError("inputs hold no texts (n = 0): there is nothing to apply fn to")
     return res[0] if single else res

@@ -78,6 +78,9 @@ def test_apply_by_length_is_exact_for_masked_consumers():
         ntk.apply_by_length(fn, (h, m[:, :4]))
     with pytest.raises(ValueError, match="batch_size"):
         ntk.apply_by_length(fn, (h, m), batch_size=0)
+    # no texts: no batch tells the output's shape, so an empty input is refused instead of returning None
+    with pytest.raises(ValueError, match=r"^inputs hold no texts \(n = 0\)"):
+        ntk.apply_by_length(fn, (h[:0], m[:0]))
 
 
 def test_embed_texts_matches_full_padding():

@@ -688,3 +688,43 @@ def test_teacher_student_gaps_names_each_missing_key(key):
     del cfg[key]
     with pytest.raises(ValueError, match=re.escape(f"config lacks keys ['{key}']")):
         bd.teacher_student_gaps(cfg)
+
+
+# ------------------------------------------------------------------------------------- chapter_setting, gap_sweep
+@pytest.mark.parametrize("name, draws, steps, n_test", [("quick", 16, 150, 1000), ("default", 64, 300, 4000),
+                                                        ("paper", 256, 1000, 20000)])
+def test_chapter_setting_is_the_documented_setting_at_each_scale(name, draws, steps, n_test):
+    """The chapter's text and its cached results rely on this configuration: d = 4, W = 16, T = 2, D = 1, ν = 0.5,
+    M = 1, noise 0.5 (the docstring), Adam at 2e-2 from seed 0 in float32, and the sizes of each scale."""
+    from lorabook.config import get_scale
+
+    assert bd.chapter_setting(get_scale(name)) == {
+        "d": 4, "W": 16, "T": 2, "D": 1, "M": 1.0, "nu": 0.5, "noise": 0.5, "lr": 0.02, "seed": 0,
+        "dtype": "float32", "draws": draws, "steps": steps, "n_test": n_test, "version": 1, "scale": name}
+
+
+def test_gap_sweep_runs_each_pair_once_in_order_and_validates_the_ranks(monkeypatch, tmp_path):
+    """gap_sweep fills r and N into the base config, returns {(r, N): result} with integer keys in the given
+    order, and (through the on-disk cache) does not rerun a finished pair. Setting 1 needs 1 ≤ r < W."""
+    monkeypatch.setenv("LORABOOK_CACHE", str(tmp_path))
+    calls = []
+
+    def fake(config, **kw):
+        calls.append(dict(config))
+        return {"r": config["r"], "N": config["N"], "W": config["W"]}
+
+    monkeypatch.setattr(bd, "teacher_student_gaps", fake)
+    base = {"W": 5, "seed": 3}
+    out = bd.gap_sweep(base, [(np.int64(4), 7.0), (1, 2)], progress=False)
+    assert list(out) == [(4, 7), (1, 2)] and all(type(k) is int for pair in out for k in pair)
+    assert out[(4, 7)] == {"r": 4, "N": 7, "W": 5} and out[(1, 2)] == {"r": 1, "N": 2, "W": 5}
+    assert calls == [{"W": 5, "seed": 3, "r": 4, "N": 7}, {"W": 5, "seed": 3, "r": 1, "N": 2}]
+    assert base == {"W": 5, "seed": 3}                                            # the base is not modified
+    assert bd.gap_sweep(base, [(1, 2)], progress=False) == {(1, 2): out[(1, 2)]} and len(calls) == 2   # cached
+    assert [p.name for p in tmp_path.iterdir()] == ["ch3_gaps"]                  # the chapter's cache folder
+    for r in (0, 5):
+        with pytest.raises(ValueError, match=rf"^rank r={r} is out of range: Setting 1 needs 1 ≤ r < W = 5"):
+            bd.gap_sweep(base, [(1, 2), (r, 3)], progress=False)
+    with pytest.raises(ValueError, match="^N must be a positive integer"):
+        bd.gap_sweep(base, [(1, 0)], progress=False)
+    assert len(calls) == 2                                                       # nothing ran for a bad pair

@@ -603,3 +603,34 @@ def test_predict_with_delta_covers_every_example_in_small_batches():
     W = net.l1.weight.detach() + delta[0]
     direct = net.out(torch.tanh(x @ W.T + net.l1.bias)).detach()
     assert out.shape == (7, 2) and torch.allclose(out, direct)
+
+
+# ------------------------------------------------------------------------------------- per_example_loss (ce)
+def _ce_by_hand(f, p):
+    """Softmax cross-entropy log Σ_k e^{f_k} − ⟨p, f⟩ row by row, in plain Python floats."""
+    return [math.log(sum(math.exp(v) for v in row)) - sum(a * b for a, b in zip(prow, row))
+            for row, prow in zip(f.tolist(), p.tolist())]
+
+
+def test_per_example_loss_ce_uses_float_targets_as_given_and_batches_over_leading_dims():
+    """Soft targets of the outputs' width are used as given: probabilities computed in float32 (rows summing to 1
+    only to ~1e-7) work with float64 outputs, batched over a leading dimension (S = 2, N = 3, K = 4, so N ≠ K), and
+    agree with the cross-entropy computed by hand. Integer labels of a batched output become one-hot rows of width
+    K; float32 outputs give a float32 loss; an unknown loss is named."""
+    g = torch.Generator().manual_seed(5)
+    f = torch.randn(2, 3, 4, generator=g, dtype=F64)
+    p = torch.softmax(torch.randn(3, 4, generator=g, dtype=F32), -1)
+    assert (p.double().sum(-1) - 1).abs().max() > 1e-9                   # not a simplex row in float64
+    out = ntk.per_example_loss(f, p, "ce")
+    assert out.shape == (2, 3)
+    for s in range(2):
+        assert np.allclose(out[s].tolist(), _ce_by_hand(f[s], p.double()), rtol=1e-12, atol=0)
+    labels = torch.tensor([3, 0, 2])
+    out = ntk.per_example_loss(f, labels, "ce")
+    onehot = torch.zeros(3, 4, dtype=F64)
+    onehot[torch.arange(3), labels] = 1
+    for s in range(2):
+        assert np.allclose(out[s].tolist(), _ce_by_hand(f[s], onehot), rtol=1e-12, atol=0)
+    assert ntk.per_example_loss(f[0].float(), labels, "ce").dtype == F32
+    with pytest.raises(ValueError, match=r"^loss must be one of \('mse', 'logistic', 'ce'\), got 'hinge'$"):
+        ntk.per_example_loss(f, p, "hinge")

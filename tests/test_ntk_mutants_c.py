@@ -37,7 +37,8 @@ def _recipe(N, K, m, n, P, loss, seed, dtype):
 
 
 @pytest.mark.parametrize("N,K,m,n,P,loss", [(5, 2, 3, 4, 2, "mse"), (6, 3, 4, 3, 2, "ce"),
-                                            (7, 1, 3, 2, 3, "logistic"), (4, 2, 1, 3, 2, "mse")])
+                                            (7, 1, 3, 2, 3, "logistic"), (4, 2, 1, 3, 2, "mse"),
+                                            (30, 1, 2, 1, 2, "logistic")])
 def test_synthetic_problem_follows_its_documented_recipe(N, K, m, n, P, loss):
     """G, f0 = 0 and the targets agree with the recipe rebuilt in NumPy from the same generator draws; every
     tensor has the requested float32 dtype (``ce`` labels are stored as one-hot rows)."""
@@ -76,8 +77,11 @@ def test_synthetic_problem_cross_entropy_class_count_boundary():
     needs K = 1."""
     prob = ntk.synthetic_problem(6, 2, 2, 2, 0.1, generator=torch.Generator().manual_seed(0), loss="ce")
     assert prob.y.shape == (6, 2) and torch.equal(prob.y.sum(1), torch.ones(6, dtype=prob.y.dtype))
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
     with pytest.raises(ValueError, match="^the cross-entropy loss needs K >= 2 classes, got K = 1$"):
-        ntk.synthetic_problem(6, 1, 2, 2, 0.1, generator=torch.Generator().manual_seed(0), loss="ce")
+        ntk.synthetic_problem(6, 1, 2, 2, 0.1, generator=g, loss="ce")
+    assert torch.equal(g.get_state(), state)      # rejected before any draw
     with pytest.raises(ValueError, match="^the logistic loss needs K = 1$"):
         ntk.synthetic_problem(6, 2, 2, 2, 0.1, generator=torch.Generator().manual_seed(0), loss="logistic")
 

@@ -90,3 +90,60 @@ def test_relative_mse_checks_the_frozen_shapes_and_a_zero_frozen_error():
     with pytest.raises(ValueError, match=r"^the frozen model already equals the target on these inputs \(zero "
                                          r"error\)$"):
         ex.relative_mse(tw[:, None], tb[:, None], tw, tb, tw, tb, x)
+
+
+# ---------------------------------------------------------------------------------------------- linear_rank_needed
+def _diag_instance():
+    """One frozen layer W_1 = I and W̄ = I + diag(4, 2, 1): E = diag(4, 2, 1), ‖E‖_2 = 4, and the rank-R
+    construction leaves the error σ_{R+1}(E): 2 at R = 1, 1 at R = 2, 0 at R = 3 (all exact in floating point)."""
+    I = torch.eye(3)
+    return I + torch.diag(torch.tensor([4.0, 2.0, 1.0])), [I]
+
+
+def test_linear_rank_needed_measures_errors_relative_to_the_spectral_norm_of_E():
+    """Exact at rank R means σ_{R+1}(E) ≤ tol·‖E‖_2 = 4·tol, so the answer is read off the singular values."""
+    target, frozen = _diag_instance()
+    assert ex.linear_rank_needed(target, frozen, tol=0.7) == 1      # 2 ≤ 2.8
+    assert ex.linear_rank_needed(target, frozen, tol=0.3) == 2      # 2 > 1.2 ≥ 1
+    assert ex.linear_rank_needed(target, frozen, tol=0.24) == 3     # 1 > 0.96
+    assert ex.linear_rank_needed(target, frozen, tol=0.2) == 3
+
+
+def test_linear_rank_needed_counts_an_error_equal_to_the_tolerance_as_exact():
+    """At tol = 0.5 the rank-1 error, ‖diag(0, 2, 1)‖_2 = 2, equals tol·‖E‖_2 = 2 exactly: rank 1 is exact
+    (the spectral norm of the residual is used, not its Frobenius norm √5)."""
+    target, frozen = _diag_instance()
+    assert ex.linear_rank_needed(target, frozen, tol=0.5) == 1
+
+
+def test_linear_rank_needed_default_tolerance_and_an_error_of_unit_norm():
+    """With ‖E‖_2 = 1 (E = diag(1, 0.5, 0.25), full rank) every singular value must be matched: rank 3."""
+    I = torch.eye(3)
+    assert ex.linear_rank_needed(I + torch.diag(torch.tensor([1.0, 0.5, 0.25])), [I]) == 3
+    assert ex.linear_rank_needed(I.clone(), [I]) == 1               # E = 0: any rank is exact
+
+
+def test_linear_rank_needed_is_d_plus_one_when_a_lower_rank_meets_a_singular_partial_product():
+    """L = 2, W_1 = W_2 = I, E = −2 e_1 vᵀ + ½ e_2 v₂ᵀ with v = (½, √3/2), v₂ ⊥ v: σ(E) = (2, ½). At rank 2
+    the construction is exact (I + E is non-singular), but at rank 1 its first adapted layer is I + LR_1(E),
+    which has the eigenvalue 1 − 2·vᵀe_1 = 0: the construction refuses, and the answer is D + 1 = 3."""
+    s = np.sqrt(3.0)
+    E = torch.tensor([[-1.0, -s], [-s / 4, 0.25]])
+    I = torch.eye(2)
+    assert torch.allclose(torch.linalg.svdvals(E), torch.tensor([2.0, 0.5]))
+    assert ex.linear_rank_needed(I + E, [I, I.clone()]) == 3
+
+
+def test_linear_rank_needed_input_messages():
+    """Each input check names the offending argument."""
+    I = torch.eye(3)
+    with pytest.raises(ValueError, match=r"^frozen must be a non-empty list of \(D, D\) matrices$"):
+        ex.linear_rank_needed(I, [])
+    with pytest.raises(ValueError, match=r"^frozen\[2\] has shape \(2, 2\), expected \(3, 3\)$"):
+        ex.linear_rank_needed(I, [I, torch.eye(2)])
+    with pytest.raises(ValueError, match=r"^target must be square, got shape \(3, 2\)$"):
+        ex.linear_rank_needed(torch.ones(3, 2), [I])
+    with pytest.raises(ValueError, match=r"^target has shape \(2, 2\), expected \(3, 3\)$"):
+        ex.linear_rank_needed(torch.eye(2), [I])
+    with pytest.raises(ValueError, match=r"^tol must be a positive finite number, got -1\.0$"):
+        ex.linear_rank_needed(I, [I], tol=-1.0)

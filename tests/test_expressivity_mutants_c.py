@@ -147,3 +147,67 @@ def test_linear_rank_needed_input_messages():
         ex.linear_rank_needed(torch.eye(2), [I])
     with pytest.raises(ValueError, match=r"^tol must be a positive finite number, got -1\.0$"):
         ex.linear_rank_needed(I, [I], tol=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------- random_linear_pair
+def test_random_linear_pair_default_is_gaussian_and_reproducible_from_the_generator_alone():
+    """The default entry law is "gaussian"; the draws come from the given generator only (the global RNG state
+    does not matter), for every law."""
+    torch.manual_seed(1)
+    t0, f0 = ex.random_linear_pair(3, 2, gen(5))
+    for dist in ex.ENTRY_DISTS:
+        torch.manual_seed(2)
+        t1, f1 = ex.random_linear_pair(3, 2, gen(5), dist=dist)
+        torch.manual_seed(3)
+        t2, f2 = ex.random_linear_pair(3, 2, gen(5), dist=dist)
+        assert torch.equal(t1, t2) and all(torch.equal(a, b) for a, b in zip(f1, f2))
+        if dist == "gaussian":
+            assert torch.equal(t0, t1) and all(torch.equal(a, b) for a, b in zip(f0, f1))
+
+
+def test_random_linear_pair_is_float64_whatever_the_default_dtype():
+    """The matrices are float64 even when torch's default dtype is float32."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        for dist in ex.ENTRY_DISTS:
+            t, f = ex.random_linear_pair(3, 2, gen(), dist=dist)
+            assert t.dtype == torch.float64 and all(W.dtype == torch.float64 for W in f)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_random_linear_pair_entry_ranges_and_an_independent_target():
+    """"uniform" entries fill [−1/√D, 1/√D] (both halves occupied), "sign" entries are ±1/√D with both signs,
+    and the target is a separate draw, not one of the frozen layers."""
+    D, L = 4, 50
+    c = 1 / np.sqrt(D)
+    t, f = ex.random_linear_pair(D, L, gen(), dist="uniform")
+    M = torch.stack([t] + f)
+    assert M.abs().max().item() <= c
+    assert M.max().item() > 0.9 * c and M.min().item() < -0.9 * c
+    t, f = ex.random_linear_pair(D, L, gen(), dist="sign")
+    M = torch.stack([t] + f)
+    assert torch.allclose(M.abs(), torch.full_like(M, c))
+    assert (M > 0).any() and (M < 0).any()
+    for dist in ex.ENTRY_DISTS:
+        t, f = ex.random_linear_pair(D, 2, gen(1), dist=dist)
+        assert len(f) == 2 and not any(torch.equal(t, W) for W in f)
+
+
+def test_random_linear_pair_size_limits_and_messages():
+    """D and n_layers lie in [1, 10**5] (checked before the entry law); an unknown law is named in the error."""
+    t, f = ex.random_linear_pair(51, 1, gen())
+    assert t.shape == (51, 51) and len(f) == 1
+    t, f = ex.random_linear_pair(1, 51, gen())
+    assert t.shape == (1, 1) and len(f) == 51
+    with pytest.raises(ValueError, match=r"^D=0 is out of range: it must lie in \[1, 100000\]$"):
+        ex.random_linear_pair(0, 1, gen())
+    with pytest.raises(ValueError, match=r"^D=100001 is out of range"):
+        ex.random_linear_pair(100001, 1, gen(), dist="cauchy")
+    with pytest.raises(ValueError, match=r"^n_layers=0 is out of range: it must lie in \[1, 100000\]$"):
+        ex.random_linear_pair(2, 0, gen())
+    with pytest.raises(ValueError, match=r"^n_layers=100001 is out of range"):
+        ex.random_linear_pair(2, 100001, gen(), dist="cauchy")
+    with pytest.raises(ValueError, match=r"^dist must be one of \('gaussian', 'uniform', 'sign'\), got 'cauchy'$"):
+        ex.random_linear_pair(2, 1, gen(), dist="cauchy")

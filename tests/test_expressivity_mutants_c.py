@@ -211,3 +211,68 @@ def test_random_linear_pair_size_limits_and_messages():
         ex.random_linear_pair(2, 100001, gen(), dist="cauchy")
     with pytest.raises(ValueError, match=r"^dist must be one of \('gaussian', 'uniform', 'sign'\), got 'cauchy'$"):
         ex.random_linear_pair(2, 1, gen(), dist="cauchy")
+
+
+# ---------------------------------------------------------------------------------------------- close_in_rank
+def _close_setup(D=3):
+    g = gen(7)
+    tw = torch.randn(2, D, D, generator=g)
+    fw = torch.eye(D) + 0.1 * torch.randn(4, D, D, generator=g)
+    return tw, fw
+
+
+def test_close_in_rank_moves_each_requested_group_to_a_rank_k_error_with_separated_singular_values():
+    """Partition [[0], [1, 2, 3]], ranks [None, 2]: group 0 is untouched, and the 3-layer group's product differs
+    from W̄_2 by a rank-2 matrix with both singular values in [0.25, 0.5]; its first two layers are kept."""
+    tw, fw = _close_setup()
+    out = ex.close_in_rank(tw, fw, [[0], [1, 2, 3]], [None, 2], gen(1))
+    assert torch.equal(out[:3], fw[:3])
+    s = torch.linalg.svdvals(tw[1] - out[3] @ out[2] @ out[1])
+    assert (s[:2] >= 0.25).all() and (s[:2] <= 0.5).all() and s[2].item() < 1e-12
+    # rank 0 is allowed: the group's product equals the target layer
+    out = ex.close_in_rank(tw, fw, [[0, 1], [2, 3]], [0, 1], gen(1))
+    assert torch.allclose(out[1] @ out[0], tw[0], atol=1e-12)
+    assert torch.equal(out[2], fw[2])
+    s = torch.linalg.svdvals(tw[1] - out[3] @ out[2])
+    assert 0.25 <= s[0].item() <= 0.5 and s[1].item() < 1e-12
+
+
+def test_close_in_rank_is_reproducible_from_the_generator_and_in_the_inputs_dtype():
+    """The random factors come from the given generator only (not the global RNG, not torch's default dtype):
+    the result is the same under other global seeds and with float32 as default dtype, and the rank-2 error
+    is exact to float64 precision."""
+    tw, fw = _close_setup(4)
+    part, ranks = [[0, 1], [2, 3]], [2, 1]
+    torch.manual_seed(1)
+    a = ex.close_in_rank(tw, fw, part, ranks, gen(3))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        torch.manual_seed(2)
+        b = ex.close_in_rank(tw, fw, part, ranks, gen(3))
+    finally:
+        torch.set_default_dtype(old)
+    assert b.dtype == torch.float64 and torch.equal(a, b)
+    s = torch.linalg.svdvals(tw[0] - a[1] @ a[0])
+    assert s[2:].max().item() < 1e-12
+
+
+def test_close_in_rank_input_messages():
+    """Each check names its argument: the tensors' dimensions, a non-square frozen layer, a target of another
+    size, the number of ranks, a rank above D and a singular partial product."""
+    tw, fw = _close_setup()
+    part = [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match=r"^need target_w \(L̄, D, D\) and frozen_w \(L, D, D\)$"):
+        ex.close_in_rank(tw[0], fw, part, [1, 1], gen())
+    with pytest.raises(ValueError, match=r"^frozen_w\[1\] must be square, got shape \(3, 2\)$"):
+        ex.close_in_rank(tw, fw[:, :, :2], part, [1, 1], gen())
+    with pytest.raises(ValueError, match=r"^target_w\[1\] has shape \(2, 2\), expected \(3, 3\)$"):
+        ex.close_in_rank(tw[:, :2, :2], fw, part, [1, 1], gen())
+    with pytest.raises(ValueError, match=r"^ranks must have one entry per target layer \(2\)$"):
+        ex.close_in_rank(tw, fw, part, [1], gen())
+    with pytest.raises(ValueError, match=r"^ranks entry=4 is out of range: it must lie in \[0, 3\]$"):
+        ex.close_in_rank(tw, fw, part, [None, 4], gen())
+    bad = fw.clone()
+    bad[0] = 0.0
+    with pytest.raises(ValueError, match=r"^the product of group 0 before its last layer is singular"):
+        ex.close_in_rank(tw, bad, part, [1, None], gen())

@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -13,6 +14,30 @@ def _one_thread():
     from lorabook.config import few_threads
 
     with few_threads():
+        yield
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def default_dtype():
+    """``with default_dtype(torch.float32): ...`` runs a block under another torch default dtype (these tests'
+    default is float64), restoring it afterwards."""
+    return _default_dtype
+
+
+@pytest.fixture
+def float32_default():
+    """Run a whole test under torch's usual float32 default dtype."""
+    with _default_dtype(torch.float32):
         yield
 
 

@@ -1,6 +1,5 @@
 """Random instances and Transformer pretraining of chapter 1: input ranges, error messages, dtypes, scales,
 reproducibility from the caller's generator, and the pretraining checked against a per-pair Adam written out."""
-import contextlib
 import math
 
 import pytest
@@ -9,17 +8,6 @@ import torch
 from lorabook import expressivity as ex
 
 F64 = torch.float64
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    """Run a block with another torch default dtype (the unit tests' default is float64)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def twice_with_other_global_seeds(fn, seed=5):
@@ -129,7 +117,7 @@ def test_flat_spectrum_instance_accepts_sizes_well_inside_the_limits():
     assert ex.flat_spectrum_instance(1, 51, g)[0].shape == (51, 1, 1)
 
 
-def test_flat_spectrum_instance_shapes_dtype_and_zero_frozen_biases():
+def test_flat_spectrum_instance_shapes_dtype_and_zero_frozen_biases(default_dtype):
     """Documented shapes ``(L, D, D), (L, D), (1, D, D), (1, D)``, all float64 even when the default dtype is
     float32; frozen biases are zero."""
     with default_dtype(torch.float32):
@@ -189,7 +177,7 @@ def test_random_tfn_instance_accepts_sizes_well_inside_the_limits():
     assert len(ex.random_tfn_instance(1, 1, 41, g)[1]) == 41
 
 
-def test_random_tfn_instance_is_float64_and_depends_only_on_the_generator():
+def test_random_tfn_instance_is_float64_and_depends_only_on_the_generator(default_dtype):
     """float64 even under a float32 default dtype; equal seeds give equal models whatever the global seed."""
     with default_dtype(torch.float32):
         target, frozen = ex.random_tfn_instance(3, 2, 2, torch.Generator().manual_seed(0))
@@ -334,7 +322,7 @@ def test_pretrain_tfn_single_pair_and_long_sequences():
     assert not torch.equal(models[0][0][0]["Q"], frozens[0][0]["Q"])          # one Adam update was made
 
 
-def test_pretrain_tfn_works_in_float64_whatever_the_inputs_and_default_dtype():
+def test_pretrain_tfn_works_in_float64_whatever_the_inputs_and_default_dtype(default_dtype):
     """float32 models are trained (and returned) in float64; under a float32 default dtype the run is float64 too,
     steps are integers, and a level just above 1 (1 + 2⁻³⁰, equal to 1 in float32) is a real level, kept at a
     step ≥ 1, not the frozen model itself."""

@@ -1,6 +1,5 @@
 """Hand-sized checks of the bounds, construction curves, output diagnostics and Transformer pair differences of
 lorabook.expressivity: closed-form values, exact validation messages, dtype handling and index conventions."""
-import contextlib
 import math
 
 import numpy as np
@@ -10,16 +9,6 @@ import torch
 from lorabook import expressivity as ex
 
 F64 = torch.float64
-
-
-@contextlib.contextmanager
-def default_dtype(dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def t64(rows):
@@ -125,7 +114,7 @@ def _curve_instance():
     return tw, tb, fw, fb
 
 
-def test_construction_curve_closed_form_with_small_frozen_errors():
+def test_construction_curve_closed_form_with_small_frozen_errors(default_dtype):
     """x = (1, 1): errors 0.0625 / 0.3125 = 0.2; x = (0, 2): 0.25 / 0.25 = 1. Rank 2 is exact. The frozen errors
     (0.3125, 0.25) are below 1; the result is float64 whatever the default dtype."""
     tw, tb, fw, fb = _curve_instance()
@@ -368,7 +357,7 @@ def test_pair_differences_vanish_for_a_change_of_hidden_basis():
     assert s.abs().max() < 1e-12
 
 
-def test_pair_differences_are_float64_whatever_the_default_dtype():
+def test_pair_differences_are_float64_whatever_the_default_dtype(default_dtype):
     target, frozen = _basis_change_pair()
     frozen[1] = dict(frozen[1], Q=frozen[1]["Q"] * 2.0)
     ref = ex.tfn_pair_differences(target, frozen)

@@ -165,16 +165,11 @@ def test_random_linear_pair_default_is_gaussian_and_reproducible_from_the_genera
             assert torch.equal(t0, t1) and all(torch.equal(a, b) for a, b in zip(f0, f1))
 
 
-def test_random_linear_pair_is_float64_whatever_the_default_dtype():
+def test_random_linear_pair_is_float64_whatever_the_default_dtype(float32_default):
     """The matrices are float64 even when torch's default dtype is float32."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        for dist in ex.ENTRY_DISTS:
-            t, f = ex.random_linear_pair(3, 2, gen(), dist=dist)
-            assert t.dtype == torch.float64 and all(W.dtype == torch.float64 for W in f)
-    finally:
-        torch.set_default_dtype(old)
+    for dist in ex.ENTRY_DISTS:
+        t, f = ex.random_linear_pair(3, 2, gen(), dist=dist)
+        assert t.dtype == torch.float64 and all(W.dtype == torch.float64 for W in f)
 
 
 def test_random_linear_pair_entry_ranges_and_an_independent_target():
@@ -237,7 +232,7 @@ def test_close_in_rank_moves_each_requested_group_to_a_rank_k_error_with_separat
     assert 0.25 <= s[0].item() <= 0.5 and s[1].item() < 1e-12
 
 
-def test_close_in_rank_is_reproducible_from_the_generator_and_in_the_inputs_dtype():
+def test_close_in_rank_is_reproducible_from_the_generator_and_in_the_inputs_dtype(default_dtype):
     """The random factors come from the given generator only (not the global RNG, not torch's default dtype):
     the result is the same under other global seeds and with float32 as default dtype, and the rank-2 error
     is exact to float64 precision."""
@@ -245,13 +240,9 @@ def test_close_in_rank_is_reproducible_from_the_generator_and_in_the_inputs_dtyp
     part, ranks = [[0, 1], [2, 3]], [2, 1]
     torch.manual_seed(1)
     a = ex.close_in_rank(tw, fw, part, ranks, gen(3))
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
+    with default_dtype(torch.float32):
         torch.manual_seed(2)
         b = ex.close_in_rank(tw, fw, part, ranks, gen(3))
-    finally:
-        torch.set_default_dtype(old)
     assert b.dtype == torch.float64 and torch.equal(a, b)
     s = torch.linalg.svdvals(tw[0] - a[1] @ a[0])
     assert s[2:].max().item() < 1e-12

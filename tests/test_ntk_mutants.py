@@ -21,17 +21,6 @@ def gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture
-def float32_default():
-    """Run a test under torch's usual float32 default dtype (conftest sets float64)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 # ------------------------------------------------------------------------------------ train_actual_lora
 M, N_IN, N = 3, 4, 6  # weight matrices (M, N_IN); N examples
 

@@ -30,20 +30,6 @@ def _draws_only_from(fn, *args, **kw):
     return a, b, untouched
 
 
-class _DefaultDtype:
-    """Temporarily switch torch's default dtype (the tests' conftest sets float64)."""
-
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-    def __enter__(self):
-        self.saved = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc):
-        torch.set_default_dtype(self.saved)
-
-
 # ------------------------------------------------------------------------------------- bounded_gradient_sample
 @pytest.mark.parametrize("shape, name", [((0, 1, 2, 2), "K"), ((2, 0, 2, 2), "P"), ((2, 1, 0, 2), "m"),
                                          ((2, 1, 2, 0), "n")])
@@ -116,9 +102,9 @@ def test_bounded_gradient_sample_draws_only_from_its_generator():
     assert untouched and torch.equal(a, b)
 
 
-def test_bounded_gradient_sample_dtype_does_not_follow_the_default():
+def test_bounded_gradient_sample_dtype_does_not_follow_the_default(default_dtype):
     ref = ntk.bounded_gradient_sample(6, (2, 1, 3, 2), 1.0, generator=gen(2), dtype=F64)
-    with _DefaultDtype(F32):
+    with default_dtype(F32):
         out = ntk.bounded_gradient_sample(6, (2, 1, 3, 2), 1.0, generator=gen(2), dtype=F64)
     assert out.dtype == F64 and torch.equal(out, ref)
     g32 = ntk.bounded_gradient_sample(6, (2, 1, 3, 2), 1.0, generator=gen(2), dtype=F32)
@@ -347,12 +333,12 @@ def test_random_psd_defaults_validation_and_zero_radius():
     assert torch.equal(ntk.random_psd(3, 0.0, 2, generator=gen()), torch.zeros(2, 3, 3))
 
 
-def test_random_psd_generator_and_dtype():
+def test_random_psd_generator_and_dtype(default_dtype):
     a, b, untouched = _draws_only_from(ntk.random_psd, 4, 0.3, 2)
     assert untouched and torch.equal(a, b)
     p32 = ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F32)
     assert p32.dtype == F32
-    with _DefaultDtype(F32):
+    with default_dtype(F32):
         p64 = ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F64)
     assert p64.dtype == F64 and torch.equal(p64, ntk.random_psd(4, 0.3, 2, generator=gen(), dtype=F64))
 

@@ -56,7 +56,7 @@ def book(tmp_path_factory):
     (book / "_toc.yml").write_text("format: jb-book\nroot: uses_checks\nchapters:\n  - file: uses_bounds\n")
     # the kernel runs in the book folder, so `import lorabook` finds this copy first
     _notebook(book / "uses_checks.ipynb", "from lorabook import checks\nprint('value', checks.fmt_num(1 / 3))")
-    _notebook(book / "uses_bounds.ipynb", "from lorabook import bounds\nprint('marker', getattr(bounds, 'MARK', 0))")
+    _notebook(book / "uses_bounds.ipynb", "from lorabook import bounds\nprint('count', bounds.lora_param_count(1, 2, 1, 2, 2))")
     return book
 
 
@@ -65,19 +65,16 @@ def test_editing_a_module_reexecutes_exactly_its_notebooks(book):
     # both notebooks ran in the parallel workers, and myst-nb found them in the cache instead of running them again
     assert "executing 2 notebook(s) in 2 processes" in log
     assert log.count("Using cached notebook") == 2 and "Executing notebook" not in log
-    assert "value 0.33" in _html_text(book, "uses_checks") and "marker 0" in _html_text(book, "uses_bounds")
-
-    checks = book / "lorabook" / "checks.py"
-    checks.write_text(checks.read_text().replace("def fmt_num(x: float, digits: int = 2)",
-                                                 "def fmt_num(x: float, digits: int = 5)"))
-    _build(book)
-    assert "value 0.33333" in _html_text(book, "uses_checks")  # the edited function's new result appears
+    assert "value 0.33" in _html_text(book, "uses_checks") and "count 4" in _html_text(book, "uses_bounds")
 
     before = _records(book)
     bounds = book / "lorabook" / "bounds.py"
-    bounds.write_text(bounds.read_text() + "\nMARK = 7\n")
+    src = bounds.read_text()
+    head, sep, tail = src.partition("def lora_param_count(")
+    body, sep2, rest = tail.partition("\n    return ")
+    bounds.write_text(head + sep + body + sep2 + "1000 + " + rest)  # the function's result changes
     log = _build(book)
-    assert "marker 7" in _html_text(book, "uses_bounds")
+    assert "count 1004" in _html_text(book, "uses_bounds")  # the edited function's new result appears
     assert "re-executing: uses_bounds" in log and "uses_checks" not in log.split("re-executing:")[1].splitlines()[0]
     after = _records(book)
     assert after["uses_checks"] == before["uses_checks"] and after["uses_bounds"] != before["uses_bounds"]

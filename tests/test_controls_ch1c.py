@@ -172,25 +172,22 @@ def test_general_partition_check_fails_for_the_other_partition():
     assert not evaluate(abs(measured_uniform - pred_general), "==", 0).passed
 
 
-def _usv_best_over_stated(init, seed=5):
-    """The page's departure measurement at R = 1: best of the construction and a short trained search, divided by
-    the stated bound ||Sigma||_F sigma^2 (Sigma = I for N(0, I) inputs)."""
+def _usv_construction_over_stated(init, seed=5):
+    """The page's departure measurement at R = 1: the test error of the proof's construction divided by the stated
+    bound ||Sigma||_F sigma^2 (Sigma = I for N(0, I) inputs)."""
     g, fw, fb, tw, tb = _instance(seed, init)
     x = ex.gaussian_inputs((2000, D), g)
     stated = ex.relu_bounds(tw[0] - fw[1] @ fw[0], 1, L, torch.eye(D, dtype=torch.float64))["paper"]
     deltas, biases = ex.fnn_construction(list(tw), list(tb), list(fw), 1, ex.gaussian_radius(D, std=5.0))
     Wc = torch.stack([w + d for w, d in zip(fw, deltas)])[None, None]
-    best = ex.adapter_mse(Wc, torch.stack(biases)[None, None], tw[None], tb[None], x[None]).item()
-    W, b = ex.train_lora_gaussian(fw[None], fb[None], tw[None], tb[None], [1, 1], lr=[3e-2, 1e-2], steps=80,
-                                  batch=128, generator=g, dtype=torch.float64, lr_factors=[1.0, 0.1])
-    best = min(best, ex.adapter_mse(W, b, tw[None], tb[None], x[None]).min().item())
-    return best / stated
+    return ex.adapter_mse(Wc, torch.stack(biases)[None, None], tw[None], tb[None], x[None]).item() / stated
 
 
-def test_usv_departure_check_passes_on_the_pages_setting():
-    assert evaluate(_usv_best_over_stated("uniform_singular_values"), ">", 1.0).passed
+def test_usv_construction_check_passes_on_the_pages_setting():
+    assert evaluate(_usv_construction_over_stated("uniform_singular_values"), ">", 1.0).passed
 
 
-def test_usv_departure_check_fails_on_the_default_initialisation():
-    """A decaying spectrum (the paper's default initialisation): adapters reach the stated bound, the check fails."""
-    assert not evaluate(_usv_best_over_stated("default"), ">", 1.0).passed
+def test_usv_construction_check_fails_on_the_default_initialisation():
+    """A decaying spectrum (the paper's default initialisation): the construction meets the stated bound (about
+    half of it), so the check fails."""
+    assert not evaluate(_usv_construction_over_stated("default"), ">", 1.0).passed

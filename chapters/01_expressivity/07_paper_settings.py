@@ -161,8 +161,9 @@ lb.claim(
 # bound of Lemma 2 fails ({prf:ref}`prop-ch1-relu-bound`). For Gaussian inputs $\Sigma = I$: the stated bound is
 # $\norm{\Sigma}_F c^2 = \sqrt D c^2 = 4c^2$ at every $R < 8$, the corrected one $\tr(\Sigma) c^2 = 16c^2$. (The
 # lemma asks for bounded inputs; the ball of radius $\sqrt D + 8$ holds $\mathcal N(0, I)$ up to $10^{-13}$, so
-# $\Sigma = I$ to that precision.) The statement asks only that *some* rank-1 adapters reach the bound, so we compare
-# it with the best adapters we can find at $R = 1$: the construction, the run of the grid above, and a search in
+# $\Sigma = I$ to that precision.) The proof bounds the error of its own construction by the stated bound, so we
+# check the construction at $R = 1$ against it. The statement asks only that *some* rank-1 adapters reach the bound,
+# so we also report the best adapters we can find: the construction, the run of the grid above, and a search in
 # float64 with trainable biases from three learning rates ($3\cdot10^{-2}, 10^{-2}, 3\cdot10^{-3}$), each decayed in
 # four phases to 3 % of its start, keeping the lowest test error per instance (a choice that favours the paper).
 
@@ -203,12 +204,12 @@ lb.claim(
     float(max(flat_spread)), "<=", 1e-12, kind="sanity",
 )
 lb.claim(
-    "uniform singular values, R = 1: the best adapters found stay above the stated bound "
-    "||Sigma||_F sigma^2 on every instance (smallest best error / stated bound)",
-    float((best / stated).min()), ">", 1.0, kind="departure",
-    label="Zeng & Lee, Lemma 2 (statement, uniform singular values)",
+    "uniform singular values, R = 1: the proof's construction stays above the stated bound "
+    "||Sigma||_F sigma^2 on every instance (smallest construction error / stated bound)",
+    float((np.array(c_abs) / stated).min()), ">", 1.0, kind="departure",
+    label="Zeng & Lee, Lemma 2 (proof, uniform singular values)",
     control="test_controls_ch1c.py::"
-    "test_usv_departure_check_fails_on_the_default_initialisation",
+    "test_usv_construction_check_fails_on_the_default_initialisation",
     construction_over_stated=[float(v) for v in np.array(c_abs) / stated],
     best_over_stated=[float(v) for v in best / stated],
 )
@@ -220,12 +221,14 @@ lb.claim(
 )
 
 # %% [markdown]
-# In the paper's own setting the stated bound fails against every adapter we found: at `default` the construction
-# leaves about 1.4–1.6 times the bound and the best adapters found about 1.1–1.2 times it (per-instance ratios
-# recorded with the claim), while the corrected bound holds.
-# The margin is much thinner than on the flat spectrum of {ref}`ch1-relu` ($D = 32$, every target ReLU active, a
-# factor of five), because here about half of the target's output ReLUs are off and the error of an adapter is
-# cut by them; the cause is the same proof step, and the check cannot exclude better adapters than those found.
+# In the paper's own setting the proof's construction misses the stated bound on every instance: it leaves about
+# 1.4–1.6 times the bound at `default` (1.3–1.6 at `paper`; per-instance ratios recorded with the claim), while the
+# corrected bound holds. The *statement* is not shown to fail here. At `default` the best adapters found stay about
+# 1.1–1.2 times above the bound, but at `paper` (ten instances, the grid's 5,000 steps and a 4,000-step search, run
+# on a GPU) the grid's adapter reached 0.97 of the bound on one instance (and the search 0.98). About half of the
+# target's output ReLUs are off here, which cuts the error of an adapter; at this margin the verdict on the
+# statement depends on the search budget. Its failure rests on the flat spectrum of {ref}`ch1-relu` ($D = 32$,
+# every target ReLU active), where the best adapters found stay five times above the bound.
 #
 # ## A frozen model close to the target needs a lower rank
 #

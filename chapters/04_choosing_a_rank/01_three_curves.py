@@ -79,8 +79,8 @@ torch_gen, _ = lb.seed_everything(0)
 
 # one split; the training set of size N is the first N/2 fresh and first N/2 rotten snippets
 split = data.rotten_tomatoes_split(max(Ns) // 2, n_test, seed=0)
-h_tr, m_tr = data.hidden_before_layer(split["train_texts"], 5, progress="MiniLM (train)")
-h_te, m_te = data.hidden_before_layer(split["test_texts"], 5, progress="MiniLM (test)")
+h_tr, m_tr = ntk.embed_texts(split["train_texts"], 5, progress="MiniLM (train)")
+h_te, m_te = ntk.embed_texts(split["test_texts"], 5, progress="MiniLM (test)")
 head = ntk.MiniLMHead(5)
 U_L, U_R = rc.subspace_bases(head, h_tr, m_tr, k)
 f0_tr, G_tr = rc.reduced_jacobian(head, h_tr, m_tr, U_L, U_R)

@@ -148,7 +148,7 @@ def linear_construction(target: torch.Tensor, frozen: Sequence[torch.Tensor], ra
         _check_nonsingular(W, f"frozen W_{l}")
     E = target - chain_product(frozen)
     U, S, Vh = torch.linalg.svd(E)
-    r_E = numerical_rank(E, rtol) if S[0] > 0 else 0
+    r_E = numerical_rank(E, rtol)  # 0 when E = 0; rtol is checked either way
     r_prime = min(rank * L, r_E)
     deltas: list[torch.Tensor] = []
     right = torch.eye(D, dtype=E.dtype, device=E.device)           # (W_{l-1}+ΔW_{l-1})⋯(W_1+ΔW_1)

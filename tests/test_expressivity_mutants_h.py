@@ -130,6 +130,15 @@ def test_linear_construction_leaves_directions_below_rtol_unadapted():
     assert torch.linalg.matrix_norm(target - (I3 + d14), 2).item() < 1e-15
 
 
+def test_linear_construction_checks_rtol_even_when_the_target_is_already_met():
+    """E = 0 (target = frozen product): the adapters are zero, and an rtol outside (0, 1) is still refused."""
+    (d,) = ex.linear_construction(I3.clone(), [I3.clone()], 1)
+    assert torch.equal(d, torch.zeros(3, 3))
+    for bad in (5.0, 0.0):
+        with pytest.raises(ValueError, match="rtol"):
+            ex.linear_construction(I3.clone(), [I3.clone()], 1, rtol=bad)
+
+
 def test_linear_construction_reaches_a_singular_target():
     """Lemma 1 needs non-singular frozen layers and intermediate products, not a non-singular target: with
     W̄ = diag(1, 1, 0) and W_1 = I the rank-1 adapter gives W_1 + ΔW_1 = W̄ exactly."""

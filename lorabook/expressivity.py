@@ -278,7 +278,9 @@ def fnn_construction(target_weights: Sequence[torch.Tensor], target_biases: Sequ
         last layer would lose more than ``1e-8`` (relative to the target bias) to round-off: with 8 random layers in
         one group the biases reach about ``1e31`` and the construction would silently return errors of ``1e31``.
     """
-    Lbar = len(target_weights) if isinstance(target_weights, (list, tuple)) else 0
+    if not isinstance(target_weights, (list, tuple)):
+        raise ValueError(f"target_weights must be a list of (D, D) matrices, got {type(target_weights).__name__}")
+    Lbar = len(target_weights)
     D = _check_layers(list(target_weights), "target_weights")
     _check_vectors(list(target_biases), "target_biases", Lbar, D)
     _check_layers(list(frozen_weights), "frozen_weights", D)
@@ -347,7 +349,9 @@ def partition_bound(target_weights: Sequence[torch.Tensor], target_biases: Seque
 
     Returns ``{"paper": float, "corrected": float, "E": list of E_i}``.
     """
-    Lbar = len(target_weights) if isinstance(target_weights, (list, tuple)) else 0
+    if not isinstance(target_weights, (list, tuple)):
+        raise ValueError(f"target_weights must be a list of (D, D) matrices, got {type(target_weights).__name__}")
+    Lbar = len(target_weights)
     D = _check_layers(list(target_weights), "target_weights")
     _check_vectors(list(target_biases), "target_biases", Lbar, D)
     _check_layers(list(frozen_weights), "frozen_weights", D)
@@ -1546,7 +1550,9 @@ def partition_construction(target_weights: Sequence[torch.Tensor], target_biases
 
     Returns ``(deltas, biases)``, ``L`` tensors (D, D) of rank ≤ ``rank`` and ``L`` bias vectors (D,).
     """
-    Lbar = len(target_weights) if isinstance(target_weights, (list, tuple)) else 0
+    if not isinstance(target_weights, (list, tuple)):
+        raise ValueError(f"target_weights must be a list of (D, D) matrices, got {type(target_weights).__name__}")
+    Lbar = len(target_weights)
     D = _check_layers(list(target_weights), "target_weights")
     _check_vectors(list(target_biases), "target_biases", Lbar, D)
     _check_layers(list(frozen_weights), "frozen_weights", D)

@@ -79,9 +79,9 @@ def test_partition_bound_is_zero_when_the_rank_covers_the_width():
 
 
 def test_partition_bound_rejects_a_stacked_weight_tensor():
-    """Targets must come as a list: a stacked (L̄, D, D) tensor is refused (its biases then never match)."""
+    """Targets must come as a list: a stacked (L̄, D, D) tensor is refused, and the message names it."""
     tw, tb, fw = _partition_instance()
-    with pytest.raises(ValueError, match=r"^target_biases must be a list of"):
+    with pytest.raises(ValueError, match=r"^target_weights must be a list of \(D, D\) matrices, got Tensor$"):
         ex.partition_bound(torch.stack(tw[:1]), tb[:1], fw, 1, torch.eye(2, dtype=F64))
 
 

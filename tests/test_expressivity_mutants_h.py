@@ -271,7 +271,7 @@ def test_fnn_construction_messages():
     list, the number of target biases, frozen layers of another size (checked before the radius), the input
     radius and the margin."""
     tb = [torch.zeros(3)]
-    with pytest.raises(ValueError, match=r"^target_biases must be a list of 0 bias vectors"):
+    with pytest.raises(ValueError, match=r"^target_weights must be a list of \(D, D\) matrices, got Tensor$"):
         ex.fnn_construction(I3[None].clone(), tb, [I3], 1, 1.0)
     with pytest.raises(ValueError, match=r"^target_weights must be a non-empty list of \(D, D\) matrices$"):
         ex.fnn_construction([], [], [I3], 1, 1.0)
@@ -302,7 +302,7 @@ def test_partition_construction_messages():
     """Each check names its argument: stacked-tensor targets, an empty target list, the number of target biases,
     frozen layers of another size (checked before the rank and radius), the rank range and the radius."""
     tb = [torch.zeros(3)]
-    with pytest.raises(ValueError, match=r"^target_biases must be a list of 0 bias vectors"):
+    with pytest.raises(ValueError, match=r"^target_weights must be a list of \(D, D\) matrices, got Tensor$"):
         ex.partition_construction(I3[None].clone(), tb, [I3], [[0]], 1, 1.0)
     with pytest.raises(ValueError, match=r"^target_weights must be a non-empty list of \(D, D\) matrices$"):
         ex.partition_construction([], [], [I3], [], 1, 1.0)

@@ -491,8 +491,8 @@ def _check_fnn_pair(frozen_w, frozen_b, target_w, target_b) -> tuple[int, int, i
                         ("target_b", target_b, 3)):
         if not isinstance(T, torch.Tensor) or T.dim() != nd or not torch.isfinite(T).all():
             raise ValueError(f"{name} must be a finite tensor with {nd} dimensions")
-    S, L, D, _ = frozen_w.shape
-    if frozen_b.shape != (S, L, D) or target_w.shape[0] != S or target_w.shape[2:] != (D, D) \
+    S, L, D, D_in = frozen_w.shape
+    if D_in != D or frozen_b.shape != (S, L, D) or target_w.shape[0] != S or target_w.shape[2:] != (D, D) \
             or target_b.shape != target_w.shape[:3]:
         raise ValueError("shapes must be frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), "
                          "target_b (S, L̄, D)")
@@ -1485,8 +1485,8 @@ def pretrain_frozen(frozen_w: torch.Tensor, frozen_b: torch.Tensor, target_w: to
     """
     _check_pretrain_schedule(levels, max_steps, batch)
     _positive(lr, "lr")
-    if frozen_w.dim() != 4 or frozen_b.shape != frozen_w.shape[:3] or target_w.dim() != 4 \
-            or target_b.shape != target_w.shape[:3] or target_w.shape[0] != frozen_w.shape[0] \
+    if frozen_w.dim() != 4 or frozen_w.shape[2] != frozen_w.shape[3] or frozen_b.shape != frozen_w.shape[:3] \
+            or target_w.dim() != 4 or target_b.shape != target_w.shape[:3] or target_w.shape[0] != frozen_w.shape[0] \
             or target_w.shape[2:] != frozen_w.shape[2:]:
         raise ValueError("need frozen_w (S, L, D, D), frozen_b (S, L, D), target_w (S, L̄, D, D), "
                          "target_b (S, L̄, D)")

@@ -367,3 +367,15 @@ def test_fnn_training_curve_names_each_bad_argument(bad, message):
     kw = dict(steps=10, batch=4, generator=gen(), x_test=x) | bad
     with pytest.raises(ValueError, match=message):
         ex.fnn_training_curve(fw, fb, tw, tb, CFG, **kw)
+
+
+def test_training_functions_refuse_non_square_frozen_layers():
+    """Every layer maps R^D to R^D: frozen and target weights of shape (S, L, 3, 4) are refused by name, before any
+    training."""
+    fw, fb = torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3)
+    tw, tb = torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"^shapes must be frozen_w \(S, L, D, D\)"):
+        ex.train_lora_gaussian(fw, fb, tw, tb, [1], lr=1e-2, steps=1, batch=2, generator=g)
+    with pytest.raises(ValueError, match=r"^need frozen_w \(S, L, D, D\)"):
+        ex.pretrain_frozen(fw, fb, tw, tb, levels=[1], max_steps=1, batch=2, lr=1e-2, generator=g)

@@ -57,7 +57,7 @@ def test_svt_takes_the_same_route_as_singular_values():
     X = _with_singular_values((), 96, 100, SIG, seed=3)
     out, s = ntk.svt(X, 0.0)
     assert math.isclose(float(s[2]), 1e-8, rel_tol=1e-5)
-    assert torch.allclose(out, X, atol=1e-14)
+    assert torch.allclose(out, X, atol=1e-13)
     X = _with_singular_values((2,), 97, 100, SIG, seed=4)
     out, s = ntk.svt(X, 0.0)
     assert s.shape == (2, 97) and (s[:, 2:] == 0).all()

@@ -456,6 +456,10 @@ def _gram_eig(X: torch.Tensor):
 def singular_values(X: torch.Tensor) -> torch.Tensor:
     """Singular values ``(..., min(m, n))`` of ``X`` ``(..., m, n)``, descending; for large matrices from the Gram
     matrix (values below ``√(n·eps)·σ_max`` are returned as 0)."""
+    if not isinstance(X, torch.Tensor) or X.dim() < 2:
+        raise ValueError("X must be a tensor of shape (..., m, n)")
+    if not torch.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite entries")
     if min(X.shape[-2:]) <= GRAM_MIN_DIM:
         return torch.linalg.svdvals(X)
     ev, _, _, _ = _gram_eig(X)

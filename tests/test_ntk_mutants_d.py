@@ -275,3 +275,16 @@ def test_lora_init_returns_the_requested_dtype(zero_B, default_dtype):
     with default_dtype(torch.float32):
         B, A, _ = ntk.lora_init((1, 3, 2), [2], 2, init_std=0.3, zero_B=zero_B, generator=_gen(1))
     assert B.dtype == A.dtype == torch.float64
+
+
+@pytest.mark.parametrize("n", [3, 100])
+def test_singular_values_refuses_non_finite_and_one_dimensional_input(n):
+    """On either route (SVD below GRAM_MIN_DIM, Gram matrix above it) a NaN or inf entry is refused by name, never
+    returned as a singular value of 0; a vector is not a matrix."""
+    for bad in (float("nan"), float("inf")):
+        X = torch.eye(n, dtype=torch.float64)
+        X[0, 0] = bad
+        with pytest.raises(ValueError, match=r"^X contains NaN or infinite entries$"):
+            ntk.singular_values(X)
+    with pytest.raises(ValueError, match=r"^X must be a tensor of shape \(\.\.\., m, n\)$"):
+        ntk.singular_values(torch.ones(3))

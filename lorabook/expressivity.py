@@ -60,7 +60,9 @@ _BIAS_LOSS_MAX = 1e-8
 # ----------------------------------------------------------------------------------------------------------
 # validation helpers
 def _check_layers(mats: Sequence[torch.Tensor], name: str, D: int | None = None) -> int:
-    if isinstance(mats, torch.Tensor) or not isinstance(mats, (list, tuple)) or len(mats) == 0:
+    if not isinstance(mats, (list, tuple)):
+        raise ValueError(f"{name} must be a list of (D, D) matrices, got {type(mats).__name__}")
+    if len(mats) == 0:
         raise ValueError(f"{name} must be a non-empty list of (D, D) matrices")
     for l, W in enumerate(mats, start=1):
         check_matrix(W, f"{name}[{l}]", square=True)
@@ -278,10 +280,8 @@ def fnn_construction(target_weights: Sequence[torch.Tensor], target_biases: Sequ
         last layer would lose more than ``1e-8`` (relative to the target bias) to round-off: with 8 random layers in
         one group the biases reach about ``1e31`` and the construction would silently return errors of ``1e31``.
     """
-    if not isinstance(target_weights, (list, tuple)):
-        raise ValueError(f"target_weights must be a list of (D, D) matrices, got {type(target_weights).__name__}")
+    D = _check_layers(target_weights, "target_weights")
     Lbar = len(target_weights)
-    D = _check_layers(list(target_weights), "target_weights")
     _check_vectors(list(target_biases), "target_biases", Lbar, D)
     _check_layers(list(frozen_weights), "frozen_weights", D)
     rho = _positive(input_radius, "input_radius")
@@ -349,10 +349,8 @@ def partition_bound(target_weights: Sequence[torch.Tensor], target_biases: Seque
 
     Returns ``{"paper": float, "corrected": float, "E": list of E_i}``.
     """
-    if not isinstance(target_weights, (list, tuple)):
-        raise ValueError(f"target_weights must be a list of (D, D) matrices, got {type(target_weights).__name__}")
+    D = _check_layers(target_weights, "target_weights")
     Lbar = len(target_weights)
-    D = _check_layers(list(target_weights), "target_weights")
     _check_vectors(list(target_biases), "target_biases", Lbar, D)
     _check_layers(list(frozen_weights), "frozen_weights", D)
     check_rank(rank, D, "rank")
@@ -1550,10 +1548,8 @@ def partition_construction(target_weights: Sequence[torch.Tensor], target_biases
 
     Returns ``(deltas, biases)``, ``L`` tensors (D, D) of rank ≤ ``rank`` and ``L`` bias vectors (D,).
     """
-    if not isinstance(target_weights, (list, tuple)):
-        raise ValueError(f"target_weights must be a list of (D, D) matrices, got {type(target_weights).__name__}")
+    D = _check_layers(target_weights, "target_weights")
     Lbar = len(target_weights)
-    D = _check_layers(list(target_weights), "target_weights")
     _check_vectors(list(target_biases), "target_biases", Lbar, D)
     _check_layers(list(frozen_weights), "frozen_weights", D)
     groups = _check_partition(partition, len(frozen_weights), Lbar)

@@ -453,13 +453,18 @@ def _gram_eig(X: torch.Tensor):
     return ev, V, Xt, t
 
 
-def singular_values(X: torch.Tensor) -> torch.Tensor:
-    """Singular values ``(..., min(m, n))`` of ``X`` ``(..., m, n)``, descending; for large matrices from the Gram
-    matrix (values below ``√(n·eps)·σ_max`` are returned as 0)."""
+def _check_matrices(X) -> None:
+    """Raise ``ValueError`` unless ``X`` is a finite tensor of matrices ``(..., m, n)``."""
     if not isinstance(X, torch.Tensor) or X.dim() < 2:
         raise ValueError("X must be a tensor of shape (..., m, n)")
     if not torch.isfinite(X).all():
         raise ValueError("X contains NaN or infinite entries")
+
+
+def singular_values(X: torch.Tensor) -> torch.Tensor:
+    """Singular values ``(..., min(m, n))`` of ``X`` ``(..., m, n)``, descending; for large matrices from the Gram
+    matrix (values below ``√(n·eps)·σ_max`` are returned as 0)."""
+    _check_matrices(X)
     if min(X.shape[-2:]) <= GRAM_MIN_DIM:
         return torch.linalg.svdvals(X)
     ev, _, _, _ = _gram_eig(X)
@@ -472,12 +477,9 @@ def svt(X: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     Returns the thresholded matrix ``U diag((σ − tau)_+) Vᵀ`` (with ``Vᵀ``: the authors' code forgot the
     transpose) and its singular values. Large matrices go through the Gram matrix: ``X V diag(s/σ) Vᵀ``.
     """
-    if not isinstance(X, torch.Tensor) or X.dim() < 2:
-        raise ValueError("X must be a tensor of shape (..., m, n)")
+    _check_matrices(X)
     if not math.isfinite(tau) or tau < 0:
         raise ValueError(f"tau must be finite and non-negative, got {tau}")
-    if not torch.isfinite(X).all():
-        raise ValueError("X contains NaN or infinite entries")
     if min(X.shape[-2:]) <= GRAM_MIN_DIM:
         U, s, Vh = torch.linalg.svd(X, full_matrices=False)
         s = (s - tau).clamp_min(0.0)

@@ -53,16 +53,12 @@ def same_tensors(a, b):
     return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
 
 
-def under(default_dtype, global_seed, fn):
-    """``fn()`` under another default dtype and global torch seed (both restored afterwards)."""
-    old = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]):
+def under(switch, dtype, global_seed, fn):
+    """``fn()`` under another default dtype (``switch``: the ``default_dtype`` fixture) and global torch seed, both
+    restored afterwards."""
+    with torch.random.fork_rng(devices=[]), switch(dtype):
         torch.manual_seed(global_seed)
-        torch.set_default_dtype(default_dtype)
-        try:
-            return fn()
-        finally:
-            torch.set_default_dtype(old)
+        return fn()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,11 +107,11 @@ def test_random_tfn_pair_entry_scales():
         assert 0.24 < b.square().mean().sqrt().item() < 0.36, key
 
 
-def test_random_tfn_pair_is_float64_and_drawn_from_the_generator_only():
+def test_random_tfn_pair_is_float64_and_drawn_from_the_generator_only(default_dtype):
     """The same generator seed gives the same pair, float64, whatever the global seed and default dtype."""
     draw = lambda: ex.random_tfn_pair(3, 2, 2, torch.Generator().manual_seed(5))
-    a = under(F64, 1, draw)
-    b = under(torch.float32, 2, draw)
+    a = under(default_dtype, F64, 1, draw)
+    b = under(default_dtype, torch.float32, 2, draw)
     assert all(t.dtype == F64 for m in a for layer in m for t in layer.values())
     assert same_tensors(a, b)
 
@@ -229,12 +225,12 @@ def test_low_rank_frozen_follows_the_documented_recipe_from_the_generator():
                 assert (s[:k] >= 0.25 - 1e-12).all() and (s[:k] <= 0.5 + 1e-12).all() and s[k:].max() < 1e-14
 
 
-def test_low_rank_frozen_draws_in_the_models_dtype_from_the_generator_only():
+def test_low_rank_frozen_draws_in_the_models_dtype_from_the_generator_only(default_dtype):
     """A float64 target gives the same frozen model under any global seed and default dtype."""
     target, _ = pair(D=4, H=1, L=1, seed=6)
     draw = lambda: ex.tfn_low_rank_frozen(target, 2, torch.Generator().manual_seed(3))
-    a = under(F64, 1, draw)
-    b = under(torch.float32, 2, draw)
+    a = under(default_dtype, F64, 1, draw)
+    b = under(default_dtype, torch.float32, 2, draw)
     assert a[0]["Q"].dtype == F64 and same_tensors(a, b)
 
 
@@ -359,14 +355,14 @@ def test_train_tfn_lora_defaults_to_float32_and_accepts_a_single_seed():
     assert out[0]["Q"].shape == (1, 1, 1, TH, TD, TD) and out[0]["Q"].dtype == torch.float32
 
 
-def test_train_tfn_lora_uses_the_generator_only_and_the_requested_dtype():
+def test_train_tfn_lora_uses_the_generator_only_and_the_requested_dtype(default_dtype):
     """float64 training with feed-forward updates gives the same adapters whatever the global seed and the default
     dtype (every draw comes from the caller's generator, every tensor is in the requested dtype)."""
     targets, frozens = train_pairs(1, seed=1)
     run = lambda: ex.train_tfn_lora(targets, frozens, [dict(rank=2, lr=0.03)], steps=2, batch=20, n_tokens=2,
                                     generator=torch.Generator().manual_seed(2), dtype=F64, train_ffn=True)
-    a = under(F64, 1, run)
-    b = under(torch.float32, 2, run)
+    a = under(default_dtype, F64, 1, run)
+    b = under(default_dtype, torch.float32, 2, run)
     assert a[0]["Q"].dtype == F64 and same_tensors(a, b)
 
 

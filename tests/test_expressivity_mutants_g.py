@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from test_expressivity_mutants_e import relu_net  # the reference loop z_l = ReLU(W_l z_{l-1} + b_l)
 
 from lorabook import expressivity as ex
 
@@ -15,14 +16,6 @@ D = 3
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-def relu_net(x, W, b):
-    """``z_l = ReLU(W_l z_{l-1} + b_l)`` on the rows of ``x`` (n, D); W (L, D, D), b (L, D)."""
-    h = x
-    for l in range(W.shape[0]):
-        h = torch.relu(h @ W[l].T + b[l])
-    return h
 
 
 class Adam:

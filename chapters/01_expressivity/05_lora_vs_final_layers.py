@@ -53,14 +53,15 @@ print(lb.describe())
 
 # %%
 ranks = scale.pick(quick=[1, 2], default=[1, 2, 3, 4], paper=[1, 2, 3, 4, 6, 8])
-# k < 8: tuning all eight layers is full fine-tuning
+n_layers = 8
+# k < n_layers: tuning all the layers is full fine-tuning
 finals = scale.pick(quick=[1, 2, 3], default=[1, 2, 3, 4, 5], paper=[1, 2, 3, 4, 5, 6, 7])
-if max(finals) >= 8:
-    raise ValueError("final-layer budgets must leave at least one frozen layer (k < 8)")
+if max(finals) >= n_layers:
+    raise ValueError(f"final-layer budgets must leave a frozen layer (k < {n_layers})")
 lrs = scale.pick(quick=[1e-2], default=[1e-2, 3e-3], paper=[1e-2, 1e-3, 1e-4])
 grid = dict(
     D=16,
-    n_layers=8,
+    n_layers=n_layers,
     n_target=1,
     seeds=scale.pick(quick=2, default=3, paper=5),
     configs=ex.grid_configs(ranks, lrs, final=finals),

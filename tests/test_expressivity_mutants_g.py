@@ -182,6 +182,7 @@ def test_train_lora_gaussian_progress_bar_only_when_asked(capsys):
     (dict(batch=10**8 + 1), r"^batch=100000001 is out of range: it must lie in \[1, 100000000\]$"),
     (dict(batch=10**8, lr=0), r"^lr must be a positive finite number, got 0$"),    # the largest batch passes
     (dict(lr=[1e-2, -1.0], ranks=[1, 2]), r"^lr must be a positive finite number, got -1\.0$"),
+    (dict(lr=[1e-2, 1e-2, 1e-2], ranks=[1, 2]), r"^lr must be one number or one per rank entry \(2\), got 3$"),
     (dict(lr_factors="ab"), r"^lr_factors must be a non-empty sequence of positive numbers$"),
     (dict(lr_factors=()), r"^lr_factors must be a non-empty sequence of positive numbers$"),
     (dict(lr_factors=[1.0, 0.0]), r"^lr_factors entry must be a positive finite number, got 0\.0$"),

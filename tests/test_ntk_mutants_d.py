@@ -288,3 +288,22 @@ def test_singular_values_refuses_non_finite_and_one_dimensional_input(n):
             ntk.singular_values(X)
     with pytest.raises(ValueError, match=r"^X must be a tensor of shape \(\.\.\., m, n\)$"):
         ntk.singular_values(torch.ones(3))
+
+
+def test_svt_gram_route_shrinks_singular_values_below_one_and_keeps_a_two_level_batch_in_order():
+    """Above GRAM_MIN_DIM, on a (2, 2) batch of 100 × 97 matrices with singular values 3, 0.8 and 0.3 (per matrix
+    scaled by 1, 2, 3, 4) and τ = 0.1: the result is U diag(σ − τ) Vᵀ with the same U, V, checked against the
+    matrices built directly, and the returned values are (σ − τ)_+ in descending order, batch entry by batch entry.
+    Values below 1 exercise the ratio (σ − τ)/σ where σ < 1."""
+    sig = torch.tensor([3.0, 0.8, 0.3])
+    g = _gen(7)
+    U, _ = torch.linalg.qr(torch.randn(2, 2, 100, 3, generator=g))
+    V, _ = torch.linalg.qr(torch.randn(2, 2, 97, 3, generator=g))
+    scale = torch.arange(1.0, 5.0).reshape(2, 2, 1)
+    X = (U * (scale * sig)[..., None, :]) @ V.transpose(-1, -2)
+    out, s = ntk.svt(X, 0.1)
+    want = (U * (scale * sig - 0.1)[..., None, :]) @ V.transpose(-1, -2)
+    assert torch.allclose(out, want, atol=1e-9, rtol=0)
+    assert s.shape == (2, 2, 97)
+    assert torch.allclose(s[..., :3], scale * sig - 0.1, atol=1e-9, rtol=0)
+    assert s[..., 3:].abs().max() < 1e-9
